@@ -1,0 +1,36 @@
+# The two set-up commands (see README): `make run` and `make test`.
+# Both create .venv from nothing. torch is installed first as the pinned CPU
+# build: any looser torch requirement would pull a multi-GB CUDA build.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+
+.PHONY: install run test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/spotlight run $(ARGS)
+
+# pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-all: install
+	$(MAKE) test PYTEST_ARGS="-m 'slow or not slow'"
+
+lint: install
+	$(VENV)/bin/ruff check spotlight scripts tests
+	$(VENV)/bin/ruff format --check spotlight scripts tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
