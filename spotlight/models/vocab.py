@@ -65,7 +65,9 @@ def tokenize(prompt: str, *, max_tokens: int = MAX_PROMPT_TOKENS) -> list[int]:
     return [_WORD_TO_ID[w] for w in words]
 
 
-def pad_tokens(ids: list[int], *, max_tokens: int = MAX_PROMPT_TOKENS) -> tuple[list[int], list[int]]:
+def pad_tokens(
+    ids: list[int], *, max_tokens: int = MAX_PROMPT_TOKENS
+) -> tuple[list[int], list[int]]:
     """``ids`` right-padded to ``max_tokens``, with the attention mask (1 = real token)."""
     n = len(ids)
     return ids + [PAD_ID] * (max_tokens - n), [1] * n + [0] * (max_tokens - n)
