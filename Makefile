@@ -27,6 +27,10 @@ test: install
 test-all: install
 	$(MAKE) test PYTEST_ARGS="-m 'slow or not slow'"
 
+# Every benchmark, each writing benchmarks/results/<name>.json (ARGS=--quick for a smoke run).
+bench: install
+	@set -e; for script in scripts/bench_*.py; do echo "== $$script"; $(PY) $$script $(ARGS); done
+
 lint: install
 	$(VENV)/bin/ruff check spotlight scripts tests
 	$(VENV)/bin/ruff format --check spotlight scripts tests

@@ -29,6 +29,10 @@ COMMANDS: dict[str, Command] = {
         "spotlight.commands.pretrain", "pretrain the tiny base model by flow matching (cached)"
     ),
     "train": Command("spotlight.commands.train", "Flow-GRPO training (--local: one process)"),
+    "cluster": Command(
+        "spotlight.commands.cluster",
+        "spot-cluster tools: replay a trace against node processes; project time and cost",
+    ),
 }
 
 
