@@ -1,0 +1,540 @@
+"""ZeroMQ transport: one ROUTER per runtime, one DEALER per peer we call.
+
+Map::
+
+      caller task ──encode──► Credits(peer, actor).acquire ──► DEALER ─────► peer ROUTER
+          ▲                                                      │
+          └── pending[call id] ◄── _conn_loop (one per DEALER) ◄─┘  reply/error/item/end/credit/pong
+
+      peer DEALER ──► ROUTER ──► _router_loop ──► Runtime.deliver ──► actor mailbox
+                        ▲                                              │
+                        └───────── RemoteSink (reply/item/end/error) ◄─┘  + credit for tells
+
+Loops and what they wait on:
+
+* ``_router_loop`` (one; in ``serving.py``, which ``Transport`` inherits) waits on the
+  ROUTER. It decodes, validates and hands each message to an actor's mailbox without
+  awaiting the actor, so a slow actor never stalls the socket. Malformed input is answered with a typed ``error`` when the
+  sender can be told, logged as one line, and dropped.
+* ``_conn_loop`` (one per outgoing DEALER) waits on that DEALER for replies, stream
+  items, credits and pongs, and resolves ``pending`` futures/queues.
+* ``_heartbeat_loop`` (one) wakes every ``heartbeat_s``: pings each DEALER's peer and
+  declares lost any peer (outgoing or incoming) silent for
+  ``heartbeat_s * missed_heartbeats``. A lost peer fails its pending calls with
+  ``PeerLost``, fails credit waiters, cancels the calls it made to us, and emits a
+  ``peer_lost`` event.
+
+Back-pressure: a sender holds one credit per message per (peer, actor)
+(``RuntimeConfig.credit_window``), whatever the endpoint: an actor flooded with tells
+also makes an ``ask`` to it wait for credit. Tells return credit through ``credit`` messages
+the receiver sends once the actor has *processed* them (batched by a quarter
+window). Asks and streams return it when the call ends. Stream items are
+paced by a second window (``stream_window``): the consumer sends ``more`` as it
+reads. ZeroMQ's HWMs bound the socket queues underneath; a send that cannot be
+queued within ``send_timeout_s`` raises ``Timeout``.
+
+Hello: every DEALER first sends ``hello`` (our address, credit window, cluster token).
+The ROUTER answers ``hello_ok`` or ``hello_no`` and refuses anything else from an
+identity that has not said hello (``need_hello``), which is also how a caller learns
+that a peer restarted. The token travels in clear text: it keeps out strangers on a
+trusted network, not eavesdroppers (CURVE is not implemented).
+
+Shutdown order (``close``): stop the loops, fail every pending call with
+``ActorStopped``, close every socket with linger 0, destroy the context (which joins
+ZeroMQ's I/O threads). No ``bye`` is sent: peers notice through heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import zmq
+import zmq.asyncio
+
+from spotlight.runtime.actor import StreamCall, decoding_runtime
+from spotlight.runtime.codec import (
+    CodecError,
+    WireVersionError,
+    decode_body,
+    decode_header,
+    encode,
+)
+from spotlight.runtime.errors import (
+    ActorStopped,
+    BadMessage,
+    HandshakeRejected,
+    MessageTooLarge,
+    PeerLost,
+    SpotlightError,
+    Timeout,
+)
+from spotlight.runtime.flow import Credits, settle
+from spotlight.runtime.serving import Inbound, ServingSide, error_from_header
+
+if TYPE_CHECKING:
+    from spotlight.runtime.actor import ActorRef
+    from spotlight.runtime.runtime import Runtime
+
+__all__ = ["Transport"]
+
+log = logging.getLogger("spotlight.runtime")
+Frames = list[Any]
+
+
+@dataclass(eq=False)
+class _Pending:
+    address: str
+    actor: str
+    credits: Credits
+    future: asyncio.Future[Any] | None = None
+    queue: asyncio.Queue[tuple[str, Any]] | None = None
+
+
+@dataclass(eq=False)
+class _Conn:
+    """Our DEALER to one peer's ROUTER."""
+
+    address: str
+    sock: zmq.asyncio.Socket
+    last_recv: float
+    ready: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class Transport(ServingSide):
+    """Sockets, connections, heartbeats and the wire protocol of one runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.config = cfg = runtime.config
+        self.ctx = zmq.asyncio.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self._configure(self.router)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if cfg.port:
+            self.router.bind(f"tcp://{cfg.bind_host}:{cfg.port}")
+            port = cfg.port
+        else:
+            port = self.router.bind_to_random_port(f"tcp://{cfg.bind_host}")
+        self.address = f"tcp://{cfg.advertise_host or cfg.bind_host}:{port}"
+        self.conns: dict[str, _Conn] = {}
+        self.inbound: dict[bytes, Inbound] = {}
+        self.pending: dict[int, _Pending] = {}
+        self.credits: dict[tuple[str, str], Credits] = {}
+        self.known_peers: set[str] = set()
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self.closed = False
+        self.stats = {
+            "messages_in": 0,
+            "messages_out": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "bad_messages": 0,
+            "rejected_calls": 0,
+            "stale_tells_dropped": 0,
+            "replies_undeliverable": 0,
+            "peers_lost": 0,
+        }
+
+    def _configure(self, sock: zmq.Socket[Any]) -> None:
+        cfg = self.config
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
+        sock.setsockopt(zmq.RCVHWM, cfg.recv_hwm)
+        # A memory guard only: exact limits are checked per message (and answered).
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message_bytes + (1 << 20))
+
+    def start(self) -> None:
+        self._loops = [
+            self.runtime.create_task(self._router_loop(), name="spotlight router"),
+            self.runtime.create_task(self._heartbeat_loop(), name="spotlight heartbeat"),
+        ]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run a fire-and-forget send; failures are logged, never silently lost."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("transport task %s failed: %r", task.get_name(), task.exception())
+
+    # -- encoding helpers ---------------------------------------------------------------
+
+    def _encode(self, header: dict[str, Any], body: Any = None) -> Frames:
+        try:
+            frames = encode(header, body, zero_copy_threshold=self.config.zero_copy_threshold)
+        except CodecError as exc:
+            raise BadMessage(f"cannot encode message: {exc}") from None
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size > self.config.max_message_bytes:
+            raise MessageTooLarge(
+                f"message of {size} bytes exceeds max_message_bytes={self.config.max_message_bytes}"
+            )
+        return frames
+
+    def _decode(self, frames: Sequence[Any]) -> Any:
+        token = decoding_runtime.set(self.runtime)
+        try:
+            return decode_body(frames, max_bytes=self.config.max_message_bytes)
+        finally:
+            decoding_runtime.reset(token)
+
+    # -- the calling side ---------------------------------------------------------------
+
+    def _conn(self, address: str) -> _Conn:
+        if self.closed:
+            raise ActorStopped("the runtime is shut down")
+        conn = self.conns.get(address)
+        if conn is not None:
+            return conn
+        sock = self.ctx.socket(zmq.DEALER)
+        self._configure(sock)
+        sock.setsockopt(zmq.ROUTING_ID, b"S" + os.urandom(15))
+        sock.connect(address)
+        conn = _Conn(address, sock, asyncio.get_running_loop().time())
+        self.conns[address] = conn
+        hello = {
+            "k": "hello",
+            "addr": self.address,
+            "w": self.config.credit_window,
+            "token": self.config.cluster_token,
+        }
+        sock.send_multipart(encode(hello), copy=True)  # first in the pipe, before any call
+        conn.task = self.runtime.create_task(self._conn_loop(conn), name=f"conn {address}")
+        return conn
+
+    def _credits(self, address: str, actor: str) -> Credits:
+        pool = self.credits.get((address, actor))
+        if pool is None:
+            pool = self.credits[(address, actor)] = Credits(self.config.credit_window)
+        return pool
+
+    async def _send(self, conn: _Conn, frames: Frames) -> None:
+        try:
+            await settle(conn.sock.send_multipart(frames, copy=False), self.config.send_timeout_s)
+        except TimeoutError:
+            raise Timeout(
+                f"could not queue a message to {conn.address} within "
+                f"send_timeout_s={self.config.send_timeout_s}"
+            ) from None
+        self.stats["messages_out"] += 1
+        self.stats["bytes_out"] += sum(memoryview(f).nbytes for f in frames)
+
+    def _call_header(self, kind: str, ref: ActorRef, endpoint: str) -> dict[str, Any]:
+        return {"k": kind, "a": ref.name, "g": ref.generation, "e": endpoint}
+
+    async def tell(
+        self, ref: ActorRef, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Caller adds the deadline; returns once the message is queued in ZeroMQ."""
+        frames = self._encode(self._call_header("tell", ref, endpoint), [list(args), kwargs])
+        conn = self._conn(ref.address)
+        credits = self._credits(ref.address, ref.name)
+        await credits.acquire()
+        try:
+            await self._send(conn, frames)
+        except BaseException:
+            credits.release()
+            raise
+
+    async def ask(
+        self, ref: ActorRef, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Caller adds the deadline; on cancel the remote is told to drop the call."""
+        cid = next(self._ids)
+        header = self._call_header("ask", ref, endpoint)
+        header["c"] = cid
+        frames = self._encode(header, [list(args), kwargs])
+        conn = self._conn(ref.address)
+        credits = self._credits(ref.address, ref.name)
+        await credits.acquire()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[cid] = _Pending(ref.address, ref.name, credits, future=fut)
+        sent = False
+        try:
+            await self._send(conn, frames)
+            sent = True
+            return await fut
+        finally:
+            if self.pending.pop(cid, None) is not None:  # not answered: timeout or cancel
+                credits.release()
+                if sent:
+                    self._send_cancel(ref.address, cid)
+
+    def _send_cancel(self, address: str, cid: int) -> None:
+        conn = self.conns.get(address)
+        if conn is not None and not self.closed:
+            frames = encode({"k": "cancel", "c": cid})
+            self.spawn(self._send(conn, frames), name=f"cancel {cid}")
+
+    def open_stream(
+        self,
+        ref: ActorRef,
+        endpoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float,
+    ) -> StreamCall:
+        return _RemoteStream(self, ref, endpoint, args, kwargs, timeout)
+
+    async def _conn_loop(self, conn: _Conn) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            frames = await conn.sock.recv_multipart(copy=False)
+            conn.last_recv = loop.time()
+            self.stats["messages_in"] += 1
+            self.stats["bytes_in"] += sum(len(f) for f in frames)
+            try:
+                self._on_reply(conn, frames)
+            except WireVersionError as exc:
+                self.stats["bad_messages"] += 1
+                log.error("peer %s: %s", conn.address, exc)
+                self.peer_lost(conn.address, str(exc))
+                return
+            except (CodecError, SpotlightError, ValueError, TypeError, KeyError) as exc:
+                self.stats["bad_messages"] += 1
+                log.warning("bad reply from %s dropped: %s", conn.address, exc)
+
+    def _on_reply(self, conn: _Conn, frames: list[zmq.Frame]) -> None:
+        header = decode_header(frames[0].buffer)
+        kind = header.get("k")
+        cid = header.get("c")
+        if kind == "pong":
+            return
+        if kind == "hello_ok":
+            conn.ready = True
+            self._peer_seen(conn.address)
+            return
+        if kind == "hello_no":
+            self.peer_lost(
+                conn.address, str(header.get("m")), HandshakeRejected(str(header.get("m")))
+            )
+            return
+        if kind == "need_hello":
+            self.peer_lost(conn.address, "the peer restarted (it no longer knows us)")
+            return
+        if kind == "credit":
+            self._credits(conn.address, str(header["a"])).release(int(header["n"]))
+            return
+        if not isinstance(cid, int):
+            raise BadMessage(f"reply kind {kind!r} without a call id")
+        pending = self.pending.get(cid)
+        if pending is None:
+            return  # late answer to a call we gave up on
+        if kind == "reply" and pending.future is not None:
+            del self.pending[cid]
+            pending.credits.release()
+            if not pending.future.done():
+                try:
+                    pending.future.set_result(self._decode([f.buffer for f in frames[1:]]))
+                except CodecError as exc:
+                    pending.future.set_exception(BadMessage(f"undecodable reply: {exc}"))
+        elif kind == "error":
+            del self.pending[cid]
+            pending.credits.release()
+            self._resolve_error(pending, error_from_header(header))
+        elif kind == "item" and pending.queue is not None:
+            pending.queue.put_nowait(("item", self._decode([f.buffer for f in frames[1:]])))
+        elif kind == "end" and pending.queue is not None:
+            del self.pending[cid]
+            pending.credits.release()
+            pending.queue.put_nowait(("end", None))
+        else:
+            raise BadMessage(f"unexpected reply kind {kind!r} for call {cid}")
+
+    @staticmethod
+    def _resolve_error(pending: _Pending, exc: BaseException) -> None:
+        if pending.future is not None and not pending.future.done():
+            pending.future.set_exception(exc)
+        elif pending.queue is not None:
+            pending.queue.put_nowait(("error", exc))
+
+    # -- peers ----------------------------------------------------------------------------
+
+    def _peer_seen(self, address: str) -> None:
+        if address not in self.known_peers:
+            self.known_peers.add(address)
+            self.runtime.emit_peer_event("peer_joined", address, "")
+
+    def peer_lost(self, address: str, reason: str, error: BaseException | None = None) -> None:
+        """Forget everything about ``address`` and fail what waits on it."""
+        error = error or PeerLost(f"peer {address} lost: {reason}")
+        conn = self.conns.pop(address, None)
+        if conn is not None:
+            if conn.task is not None and conn.task is not asyncio.current_task():
+                conn.task.cancel(msg=f"peer lost: {reason}")
+            conn.sock.close(linger=0)
+        for cid, pending in list(self.pending.items()):
+            if pending.address == address:
+                del self.pending[cid]
+                self._resolve_error(pending, error)
+        for key in [k for k in self.credits if k[0] == address]:
+            self.credits.pop(key).fail(error)
+        for identity, inbound in list(self.inbound.items()):
+            if inbound.address == address:
+                self._forget_inbound(identity, reason)
+        if address in self.known_peers:
+            self.known_peers.discard(address)
+            self.stats["peers_lost"] += 1
+            log.warning("peer %s lost: %s", address, reason)
+            self.runtime.emit_peer_event("peer_lost", address, reason)
+
+    def _forget_inbound(self, identity: bytes, reason: str) -> None:
+        inbound = self.inbound.pop(identity, None)
+        if inbound is None:
+            return
+        for env in list(inbound.calls.values()):
+            self.runtime.cancel_envelope(env, f"caller {inbound.address} lost: {reason}")
+        for pool in inbound.stream_credits.values():
+            pool.fail(PeerLost(f"stream consumer {inbound.address} lost"))
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        ping = encode({"k": "ping"})
+        while True:
+            await asyncio.sleep(cfg.heartbeat_s)
+            now = loop.time()
+            for conn in list(self.conns.values()):
+                silent = now - conn.last_recv
+                if silent > cfg.liveness_s:
+                    self.peer_lost(conn.address, f"no heartbeat for {silent:.2f}s")
+                else:
+                    self.spawn(self._send(conn, list(ping)), name="ping")
+            for identity, inbound in list(self.inbound.items()):
+                silent = now - inbound.last_seen
+                if silent > cfg.liveness_s:
+                    # Only its calls to us die; our own connection to it (if any) is
+                    # judged by its own heartbeats, so one-sided silence cannot cascade.
+                    self._forget_inbound(identity, f"caller silent for {silent:.2f}s")
+                    if inbound.address not in self.conns and not any(
+                        i.address == inbound.address for i in self.inbound.values()
+                    ):
+                        self.peer_lost(inbound.address, f"caller silent for {silent:.2f}s")
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop loops, fail pending calls, close sockets (linger 0), destroy the context."""
+        if self.closed:
+            return
+        self.closed = True
+        tasks = [*self._loops, *self._tasks]
+        tasks += [c.task for c in self.conns.values() if c.task is not None]
+        for task in tasks:
+            task.cancel(msg="runtime shutdown")
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.config.stop_timeout_s)
+        error = ActorStopped("the runtime shut down before the answer came")
+        for pending in self.pending.values():
+            self._resolve_error(pending, error)
+        self.pending.clear()
+        for pool in self.credits.values():
+            pool.fail(error)
+        for conn in self.conns.values():
+            conn.sock.close(linger=0)
+        self.conns.clear()
+        self.router.close(linger=0)
+        self.ctx.destroy(linger=0)
+
+    def statistics(self) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time() if not self.closed else 0.0
+        return {
+            **self.stats,
+            "peers": sorted(self.known_peers),
+            "outgoing": {
+                a: {"ready": c.ready, "silent_s": round(now - c.last_recv, 3)}
+                for a, c in self.conns.items()
+            },
+            "incoming": {
+                i.address: {
+                    "calls_in_flight": len(i.calls),
+                    "silent_s": round(now - i.last_seen, 3),
+                }
+                for i in self.inbound.values()
+            },
+            "pending_calls": len(self.pending),
+            "credits": {
+                f"{a}/{actor}": {"available": c.available, "window": c.window, "waiting": c.waiting}
+                for (a, actor), c in self.credits.items()
+            },
+        }
+
+
+class _RemoteStream(StreamCall):
+    def __init__(
+        self,
+        transport: Transport,
+        ref: ActorRef,
+        endpoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float,
+    ) -> None:
+        super().__init__()
+        self.t = transport
+        self.ref = ref
+        self.endpoint = endpoint
+        self.args = args
+        self.kwargs = kwargs
+        self.timeout = timeout
+        self.cid = next(transport._ids)
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.unacked = 0
+
+    async def _start(self) -> None:
+        t, ref = self.t, self.ref
+        header = t._call_header("stream", ref, self.endpoint)
+        header.update(c=self.cid, w=t.config.stream_window)
+        frames = t._encode(header, [list(self.args), self.kwargs])
+        conn = t._conn(ref.address)
+        credits = t._credits(ref.address, ref.name)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await credits.acquire()
+        except TimeoutError:
+            raise Timeout(
+                f"no send credit for {ref}.{self.endpoint} within {self.timeout}s"
+            ) from None
+        t.pending[self.cid] = _Pending(ref.address, ref.name, credits, queue=self.queue)
+        await t._send(conn, frames)
+
+    async def _next(self) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                kind, value = await self.queue.get()
+        except TimeoutError:
+            raise Timeout(
+                f"stream {self.ref}.{self.endpoint}: no item within {self.timeout}s"
+            ) from None
+        if kind == "end":
+            raise StopAsyncIteration
+        if kind == "error":
+            raise value
+        self.unacked += 1
+        if self.unacked >= max(1, self.t.config.stream_window // 2):
+            conn = self.t.conns.get(self.ref.address)
+            if conn is not None:
+                self.t.spawn(
+                    self.t._send(conn, encode({"k": "more", "c": self.cid, "n": self.unacked})),
+                    name="stream more",
+                )
+            self.unacked = 0
+        return value
+
+    def _cancel(self, reason: str) -> None:
+        pending = self.t.pending.pop(self.cid, None)
+        if pending is not None:
+            pending.credits.release()
+            self.t._send_cancel(self.ref.address, self.cid)
