@@ -33,6 +33,11 @@ COMMANDS: dict[str, Command] = {
         "spotlight.commands.cluster",
         "spot-cluster tools: replay a trace against node processes; project time and cost",
     ),
+    "monitor": Command(
+        "spotlight.commands.monitor",
+        "attach to a running cluster's monitor: live view, or JSON lines when piped",
+    ),
+    "plot": Command("spotlight.commands.plot", "draw a run's metrics.jsonl as PNG curves"),
 }
 
 
