@@ -3,7 +3,15 @@
 
     python scripts/bench_runtime.py            # full run (a few minutes on 2 cores)
     python scripts/bench_runtime.py --quick    # < 60 s
-    pip install ray && python scripts/bench_runtime.py   # adds the Ray column
+    pip install -e '.[bench]' && python scripts/bench_runtime.py   # adds the Ray column
+
+Ray (the ``bench`` extra, ``ray>=2.40``) is optional: without it the Ray values are
+``null`` and ``status.ray`` says why. With it, Ray runs a local instance
+(``ray.init(num_cpus=2, include_dashboard=False)``) with one actor doing the same three
+exchanges through its synchronous driver API (``ray.get(actor.m.remote(...))``: Ray's
+best case for latency). ``ray.shutdown()`` ends its processes; the script then checks
+that none of its own descendants is left and kills any straggler by PID (reported in
+``status.ray_leftover_processes``). Ray leaves its session logs under ``/tmp/ray``.
 
 Every system does the same three exchanges between two processes on loopback:
 
@@ -135,6 +143,8 @@ async def _serve_spotlight() -> None:
 
 
 def _bench_actor_class() -> type:
+    import torch  # noqa: F401  (a tensor server: import before serving, not on the loop)
+
     from spotlight.runtime import Actor, endpoint
 
     class Bench(Actor):
@@ -309,6 +319,41 @@ async def measure(client: Client, sizes: Sizes, tensor: Any) -> dict[str, float]
         "tell_msgs_per_s": sizes.tells / tell_s,
         "tensor16m_gib_s": TENSOR_BYTES / GIB / statistics.median(times),
     }
+
+
+def _descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (Linux /proc; empty elsewhere)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return found + [d for c in list(found) for d in _descendants(c)]
+
+
+def reap_leftovers(before: set[int], grace_s: float = 10.0) -> list[str]:
+    """Wait up to ``grace_s`` for new descendants to exit; kill the rest by PID."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = [p for p in _descendants(os.getpid()) if p not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    described = []
+    for pid in left:
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                described.append(f"{pid} {f.read().replace(chr(0), ' ')[:80]}")
+            os.kill(pid, 9)
+        except OSError:
+            continue
+    return described
 
 
 def measure_ray(sizes: Sizes, tensor: Any) -> list[dict[str, float]]:
@@ -564,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         raw_runs, spot_runs = runner.run(measure_zmq_and_spotlight(sizes, tensor, spotlight_error))
 
     ray_runs: list[dict[str, float]] = []
+    ray_leftovers: list[str] = []
     ray_status = "skipped: ray is not installed (pip install ray to include it)"
     try:
         import ray  # noqa: F401
@@ -573,11 +619,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_ray:
             ray_status = "skipped: --no-ray"
         else:
+            before = set(_descendants(os.getpid()))
             try:
                 ray_runs = measure_ray(sizes, tensor)
                 ray_status = "ok"
             except Exception as exc:
                 ray_status = f"failed: {type(exc).__name__}: {exc}"
+            ray_leftovers = reap_leftovers(before)
+            if ray_leftovers:
+                print(f"ray left {len(ray_leftovers)} process(es); killed: {ray_leftovers}")
     print(f"ray: {ray_status}")
 
     raw = summarize(raw_runs)
@@ -619,9 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     results["status"] = {
         "spotlight": "ok" if spot is not None else f"blocked: {'; '.join(spotlight_error)}",
         "ray": ray_status,
+        "ray_leftover_processes": ray_leftovers,
     }
     results["config"] = {"quick": args.quick, **dataclasses.asdict(sizes)}
-    results["machine"] = machine
+    results["machine"] = {**machine, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
     results["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
     results["duration_s"] = round(time.time() - started, 1)
 

@@ -312,6 +312,10 @@ async def _worker_main(index: int, parent: str) -> None:
                     state.stop.set()
                     drive.cancel()
                     await asyncio.wait({drive}, timeout=CALL_TIMEOUT_S)
+                    if drive.done() and not drive.cancelled():
+                        # Neighbours leave at the same moment (PeerLost "peer shut down"):
+                        # expected while stopping, so retrieve it instead of logging it.
+                        drive.exception()
                 elif not drive.cancelled() and drive.exception() is not None:
                     raise RuntimeError(f"{name} driver failed") from drive.exception()
             await eof

@@ -23,7 +23,9 @@ actor stopped / restarted       pending ``ask``/``stream`` fail at  queued messa
 while calls are pending         once with ``ActorStopped``          running handlers cancelled
 peer runtime dies               pending ``ask``/``stream`` fail     (remote) its calls from us are
                                 with ``PeerLost`` within            cancelled when it notices us
-                                ``heartbeat_s*missed_heartbeats``   gone
+                                ``heartbeat_s*missed_heartbeats``;  gone (at once on our ``bye``)
+                                at once (reason "peer shut down")
+                                when it shut down gracefully
 ref names an old generation     ``StaleGeneration`` (``ask``);      untouched; a stale ``tell`` is
                                 ``tell`` is dropped and counted     dropped and counted
 caller cancels / times out      ``CancelledError`` / ``Timeout``    queued call dropped, running
@@ -168,6 +170,7 @@ class Actor:
     async def spawn_child(
         self,
         cls: type[A],
+        /,
         *args: Any,
         name: str | None = None,
         restart: RestartPolicy | None = None,

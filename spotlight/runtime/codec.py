@@ -32,6 +32,13 @@ Ownership and mutability (the contract the runtime relies on):
 
 Every malformed input raises :class:`CodecError` naming the problem; nothing else
 escapes ``decode_header``/``decode_body``.
+
+Torch is imported lazily: ``import spotlight.runtime`` must stay cheap (torch takes
+seconds to import) for processes that never send a tensor (notice watchers, the CLI).
+Encoding needs no import at all (no object can be a ``torch.Tensor`` while torch is not
+in ``sys.modules``); decoding imports torch at the first tensor record. That first
+import blocks the event loop for seconds (and can outlast a short heartbeat window), so
+a process that expects tensors should ``import torch`` before it starts serving.
 """
 
 from __future__ import annotations
@@ -39,12 +46,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "VERSION_KEY",
@@ -119,10 +130,20 @@ _TORCH_DTYPE_NAMES = [
     "float8_e4m3fnuz",
     "float8_e5m2fnuz",
 ]
-_TORCH_DTYPES: dict[str, torch.dtype] = {
-    name: getattr(torch, name) for name in _TORCH_DTYPE_NAMES if hasattr(torch, name)
-}
-_TORCH_DTYPE_TO_NAME: dict[torch.dtype, str] = {dt: name for name, dt in _TORCH_DTYPES.items()}
+_TORCH_DTYPES: dict[str, torch.dtype] = {}
+_TORCH_DTYPE_TO_NAME: dict[torch.dtype, str] = {}
+
+
+def _torch() -> Any:
+    """The torch module, imported (and the dtype tables filled) on first use."""
+    import torch
+
+    if not _TORCH_DTYPES:  # filled whole, reverse table first: readers never see half
+        table = {n: getattr(torch, n) for n in _TORCH_DTYPE_NAMES if hasattr(torch, n)}
+        _TORCH_DTYPE_TO_NAME.update({dtype: n for n, dtype in table.items()})
+        _TORCH_DTYPES.update(table)
+    return torch
+
 
 # numpy: plain numeric dtypes only (bool, ints, uints, floats, complex) in either byte order.
 _NP_DTYPE_RE = re.compile(r"^[<>|][biufc][0-9]{1,2}$")
@@ -272,7 +293,8 @@ class _Encoder:
                     f"extension {ext.tag!r} could not encode {type(obj).__name__}: {exc}"
                 ) from exc
             return msgpack.ExtType(_EXT_EXTENSION, self.pack([ext.tag, wire]))
-        if isinstance(obj, torch.Tensor):
+        torch = sys.modules.get("torch")  # not imported yet: obj cannot be a tensor
+        if torch is not None and isinstance(obj, torch.Tensor):
             return self._tensor(obj)
         if isinstance(obj, np.ndarray):
             if type(obj) is not np.ndarray:
@@ -322,6 +344,7 @@ class _Encoder:
         )
 
     def _tensor(self, tensor: torch.Tensor) -> msgpack.ExtType:
+        torch = _torch()
         name = _TORCH_DTYPE_TO_NAME.get(tensor.dtype)
         if name is None:
             raise CodecError(
@@ -360,6 +383,25 @@ class _Encoder:
         return msgpack.ExtType(_EXT_NDARRAY, self.pack(payload))
 
 
+_packers = threading.local()
+
+
+def _cached_packers() -> tuple[msgpack.Packer, msgpack.Packer]:
+    """(header packer, plain-body packer) of this thread; building one costs ~1 us.
+
+    The plain-body packer has no ``default``: with ``strict_types`` anything but exact
+    plain types raises ``TypeError`` at once, so it never re-enters and never packs a
+    tensor, tuple or dataclass. Per thread because a Packer is not thread-safe.
+    """
+    pair = getattr(_packers, "pair", None)
+    if pair is None:
+        pair = _packers.pair = (
+            msgpack.Packer(use_bin_type=True),
+            msgpack.Packer(use_bin_type=True, strict_types=True),
+        )
+    return pair
+
+
 def encode(
     header: Mapping[str, Any], body: Any = None, *, zero_copy_threshold: int = 65536
 ) -> list[bytes | memoryview]:
@@ -379,10 +421,15 @@ def encode(
         raise CodecError(f"header keys must be strings, got {sorted(map(repr, header))}")
     if VERSION_KEY in header:
         raise CodecError(f"header key {VERSION_KEY!r} is reserved for the wire version")
+    head_packer, plain_packer = _cached_packers()
     try:
-        head = msgpack.packb({VERSION_KEY: WIRE_VERSION, **header}, use_bin_type=True)
+        head = head_packer.pack({VERSION_KEY: WIRE_VERSION, **header})
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"header is not plain msgpack data: {exc}") from exc
+    try:  # fast path: a body of plain values only (most calls); same bytes as below
+        return [head, plain_packer.pack(body)]
+    except (TypeError, ValueError, OverflowError):
+        pass  # tensors, tuples, dataclasses, subclasses or bad input: the full encoder
     encoder = _Encoder(zero_copy_threshold)
     try:
         packed = encoder.pack(body)
@@ -512,11 +559,12 @@ class _Decoder:
         if not isinstance(payload, list) or len(payload) != 3:
             raise CodecError("tensor record must be [dtype, shape, data]")
         name, shape_raw, data = payload
+        torch = _torch()
         dtype = _TORCH_DTYPES.get(name) if isinstance(name, str) else None
         if dtype is None:
             raise CodecError(f"unknown torch dtype {name!r}; known: {sorted(_TORCH_DTYPES)}")
         shape = self._shape(shape_raw)
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         nbytes = math.prod(shape) * itemsize
         raw = self._bytes(data, nbytes, f"tensor {name}{list(shape)}", itemsize)
         if dtype == torch.bool and raw.size and int(raw.max()) > 1:

@@ -11,22 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable
-from typing import Any
 
-__all__ = ["Credits", "settle"]
-
-
-async def settle(fut: Awaitable[Any], deadline_s: float) -> None:
-    """Await a pyzmq send under ``deadline_s``, skipping the timer when it already finished.
-
-    pyzmq queues a message at once when the socket has room and returns a done future;
-    only a full queue (high-water mark reached) needs the deadline.
-    """
-    if isinstance(fut, asyncio.Future) and fut.done():
-        fut.result()
-    else:
-        await asyncio.wait_for(fut, deadline_s)
+__all__ = ["Credits"]
 
 
 class Credits:
@@ -42,6 +28,13 @@ class Credits:
     @property
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
+
+    def try_acquire(self) -> bool:
+        """Take one credit if one is free and nobody waits (the fast path); never waits."""
+        if self._error is None and self.available > 0 and not self._waiters:
+            self.available -= 1
+            return True
+        return False
 
     async def acquire(self) -> None:
         """Take one credit, waiting (FIFO) if none is left. The caller adds a deadline."""

@@ -31,7 +31,7 @@ from spotlight.runtime.errors import (
 )
 from spotlight.runtime.flow import Credits
 from spotlight.runtime.supervision import RestartPolicy
-from spotlight.runtime.transport import Transport
+from spotlight.runtime.transport import NOT_NOW, Transport
 
 __all__ = ["PeerEvent", "PeerEvents", "Runtime", "run"]
 
@@ -131,9 +131,13 @@ class Runtime:
     # -- actors ---------------------------------------------------------------------
 
     async def spawn(
-        self, cls: type[A], *args: Any, name: str | None = None, **kwargs: Any
+        self, cls: type[A], /, *args: Any, name: str | None = None, **kwargs: Any
     ) -> ActorRef:
-        """Create a top-level actor (no supervisor); returns a ref fenced to generation 1."""
+        """Create a top-level actor (no supervisor); returns a ref fenced to generation 1.
+
+        ``cls`` is positional-only so an actor may take a keyword argument of any name but
+        ``name`` (which names the actor).
+        """
         return await self.spawn_under(None, None, cls, *args, name=name, **kwargs)
 
     async def spawn_under(
@@ -141,6 +145,7 @@ class Runtime:
         parent: ActorCell | None,
         policy: RestartPolicy | None,
         cls: type[A],
+        /,
         *args: Any,
         name: str | None = None,
         **kwargs: Any,
@@ -265,6 +270,8 @@ class Runtime:
         kwargs: dict[str, Any],
         timeout: float | None,  # noqa: ASYNC109 (the public API's deadline)
     ) -> None:
+        if not self._is_local(ref) and self.transport.tell_nowait(ref, endpoint, args, kwargs):
+            return  # queued at once: no deadline needed
         deadline = timeout if timeout is not None else self.config.tell_timeout_s
         try:
             async with asyncio.timeout(deadline):
@@ -295,6 +302,10 @@ class Runtime:
         timeout: float | None,  # noqa: ASYNC109 (the public API's deadline)
     ) -> Any:
         deadline = timeout if timeout is not None else self.config.ask_timeout_s
+        if not self._is_local(ref):
+            result = await self.transport.ask_fast(ref, endpoint, args, kwargs, deadline)
+            if result is not NOT_NOW:
+                return result
         try:
             async with asyncio.timeout(deadline):
                 if not self._is_local(ref):

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
-import zmq.asyncio
 
 from spotlight.runtime.codec import CodecError, decode_header
 from spotlight.runtime.errors import (
@@ -29,16 +28,19 @@ from spotlight.runtime.errors import (
     SpotlightError,
     StaleGeneration,
 )
-from spotlight.runtime.flow import Credits, settle
+from spotlight.runtime.flow import Credits
 
 if TYPE_CHECKING:
     from spotlight.runtime.cell import Envelope, Kind
     from spotlight.runtime.config import RuntimeConfig
     from spotlight.runtime.runtime import Runtime
+    from spotlight.runtime.zsock import LoopSocket
 
 __all__ = ["Inbound", "Reject", "RemoteSink", "ServingSide", "error_from_header", "error_header"]
 
 log = logging.getLogger("spotlight.runtime")
+PEER_SHUT_DOWN = "peer shut down"
+"""The reason (in ``PeerLost`` and ``peer_lost`` events) when a peer said ``bye``."""
 
 
 @dataclass(eq=False)
@@ -70,7 +72,7 @@ class ServingSide:
     if TYPE_CHECKING:
         runtime: Runtime
         config: RuntimeConfig
-        router: zmq.asyncio.Socket
+        router: LoopSocket
         inbound: dict[bytes, Inbound]
         stats: dict[str, int]
         closed: bool
@@ -80,20 +82,23 @@ class ServingSide:
         def _decode(self, frames: Sequence[Any]) -> Any: ...
         def _peer_seen(self, address: str) -> None: ...
         def _forget_inbound(self, identity: bytes, reason: str) -> None: ...
+        def peer_lost(
+            self, address: str, reason: str, error: BaseException | None = None
+        ) -> None: ...
 
-    async def _router_loop(self) -> None:
-        while True:
-            frames = await self.router.recv_multipart(copy=False)
-            self.stats["messages_in"] += 1
-            self.stats["bytes_in"] += sum(len(f) for f in frames)
-            identity = frames[0].bytes
-            try:
-                self._on_request(identity, frames[1:])
-            except Reject as rej:
-                self._reject(identity, rej)
-            except Exception as exc:  # the one place that keeps the runtime serving
-                self.stats["bad_messages"] += 1
-                log.warning("bad message from %r dropped: %r", identity, exc)
+    def _on_router_message(self, frames: list[zmq.Frame]) -> None:
+        """Reader callback of the ROUTER: one message from a peer's DEALER."""
+        stats = self.stats
+        stats["messages_in"] += 1
+        stats["bytes_in"] += sum(len(f) for f in frames)
+        identity = frames[0].bytes
+        try:
+            self._on_request(identity, frames[1:])
+        except Reject as rej:
+            self._reject(identity, rej)
+        except Exception as exc:  # the one place that keeps the runtime serving
+            stats["bad_messages"] += 1
+            log.warning("bad message from %r dropped: %r", identity, exc)
 
     def _reject(self, identity: bytes, rej: Reject) -> None:
         inbound = self.inbound.get(identity)
@@ -111,10 +116,23 @@ class ServingSide:
             self._reply_nowait(identity, error_header(rej.cid, rej.error))
 
     def _reply_nowait(self, identity: bytes, header: dict[str, Any], body: Any = None) -> None:
+        """Queue a reply now when the ROUTER has room, else in a background task."""
+        if not self.closed:
+            try:
+                frames = self._encode(header, body)
+                if self.router.send_nowait([identity, *frames]):
+                    self.stats["messages_out"] += 1
+                    self.stats["bytes_out"] += sum(memoryview(f).nbytes for f in frames)
+                    return
+            except (zmq.ZMQError, SpotlightError):
+                pass  # reply() below retries, then logs or raises as it does for everyone
         self.spawn(self.reply(identity, header, body), name=f"reply {header.get('k')}")
 
     async def reply(self, identity: bytes, header: dict[str, Any], body: Any = None) -> None:
         """Send to one caller through the ROUTER; an unreachable caller is logged, not raised."""
+        if self.closed:  # the ROUTER is closing or closed: never touch it
+            self.stats["replies_undeliverable"] += 1
+            return
         try:
             frames = self._encode(header, body)
         except BadMessage as exc:
@@ -122,13 +140,13 @@ class ServingSide:
                 raise
             frames = self._encode(error_header(header["c"], exc))
         try:
-            await settle(
-                self.router.send_multipart([identity, *frames], copy=False),
-                self.config.send_timeout_s,
-            )
+            routed = [identity, *frames]
+            if not self.router.send_nowait(routed):  # queue full: wait, under a deadline
+                async with asyncio.timeout(self.config.send_timeout_s):
+                    await self.router.send(routed)
             self.stats["messages_out"] += 1
             self.stats["bytes_out"] += sum(memoryview(f).nbytes for f in frames)
-        except (zmq.ZMQError, TimeoutError) as exc:
+        except (zmq.ZMQError, TimeoutError, SpotlightError) as exc:
             self.stats["replies_undeliverable"] += 1
             log.info("reply %s to %r undeliverable: %r", header.get("k"), identity, exc)
 
@@ -163,7 +181,11 @@ class ServingSide:
             self._reply_nowait(identity, {"k": "need_hello"})
             raise Reject(BadMessage(f"{kind!r} before hello"), None, None)
         inbound.last_seen = loop_time
-        if kind == "ping":
+        if kind == "bye":  # the caller's whole runtime shut down: do not wait for heartbeats
+            address = inbound.address
+            self._forget_inbound(identity, PEER_SHUT_DOWN)
+            self.peer_lost(address, PEER_SHUT_DOWN)
+        elif kind == "ping":
             self._reply_nowait(identity, {"k": "pong"})
         elif kind == "tell" or kind == "ask" or kind == "stream":
             self._on_call(inbound, kind, header, cid, frames[1:])

@@ -4,21 +4,25 @@ Map::
 
       caller task ──encode──► Credits(peer, actor).acquire ──► DEALER ─────► peer ROUTER
           ▲                                                      │
-          └── pending[call id] ◄── _conn_loop (one per DEALER) ◄─┘  reply/error/item/end/credit/pong
+          └── pending[call id] ◄── _on_conn_message (callback) ◄─┘  reply/error/item/end/credit/pong
 
-      peer DEALER ──► ROUTER ──► _router_loop ──► Runtime.deliver ──► actor mailbox
+      peer DEALER ──► ROUTER ──► _on_router_message ──► Runtime.deliver ──► actor mailbox
                         ▲                                              │
                         └───────── RemoteSink (reply/item/end/error) ◄─┘  + credit for tells
 
-Loops and what they wait on:
+Readers and loops, and what they wait on:
 
-* ``_router_loop`` (one; in ``serving.py``, which ``Transport`` inherits) waits on the
-  ROUTER. It decodes, validates and hands each message to an actor's mailbox without
-  awaiting the actor, so a slow actor never stalls the socket. Malformed input is answered with a typed ``error`` when the
-  sender can be told, logged as one line, and dropped.
-* ``_conn_loop`` (one per outgoing DEALER) waits on that DEALER for replies, stream
-  items, credits and pongs, and resolves ``pending`` futures/queues.
-* ``_heartbeat_loop`` (one) wakes every ``heartbeat_s``: pings each DEALER's peer and
+* Sockets are :class:`~spotlight.runtime.zsock.LoopSocket` objects: the event loop calls a
+  reader callback when ZeroMQ's fd fires, which drains the socket (``NOBLOCK``, bounded
+  batch) and handles each message synchronously. No task sits between the socket and
+  the mailbox or the caller's future, which saves a loop step on each side of a call.
+* ``_on_router_message`` (in ``serving.py``, which ``Transport`` inherits) decodes,
+  validates and hands each message to an actor's mailbox without awaiting the actor,
+  so a slow actor never stalls the socket. Malformed input is answered with a typed
+  ``error`` when the sender can be told, logged as one line, and dropped.
+* ``_on_conn_message`` (per outgoing DEALER) handles replies, stream items, credits and
+  pongs, and resolves ``pending`` futures/queues.
+* ``_heartbeat_loop`` (one task) wakes every ``heartbeat_s``: pings each DEALER's peer and
   declares lost any peer (outgoing or incoming) silent for
   ``heartbeat_s * missed_heartbeats``. A lost peer fails its pending calls with
   ``PeerLost``, fails credit waiters, cancels the calls it made to us, and emits a
@@ -39,14 +43,23 @@ identity that has not said hello (``need_hello``), which is also how a caller le
 that a peer restarted. The token travels in clear text: it keeps out strangers on a
 trusted network, not eavesdroppers (CURVE is not implemented).
 
-Shutdown order (``close``): stop the loops, fail every pending call with
-``ActorStopped``, close every socket with linger 0, destroy the context (which joins
-ZeroMQ's I/O threads). No ``bye`` is sent: peers notice through heartbeats.
+Shutdown order (``close``): mark closed (no new connection or background send), stop
+the heartbeat loop, finish or cancel in-flight background sends, say ``bye`` to every
+peer (on each DEALER and through the ROUTER to each caller), fail every pending call
+with ``ActorStopped``, close every socket (readers removed first) with a short linger
+so the byes leave, and terminate the context (which joins ZeroMQ's I/O threads).
+Nothing touches a socket after it closed.
+
+Goodbye: a peer that receives ``bye`` treats the sender as lost at once (reason "peer
+shut down"): its pending calls fail with ``PeerLost``, the calls the sender made to it
+are cancelled, watchers get ``peer_lost``; no heartbeat window to wait out. A bye that
+cannot be queued (full queue, peer already gone) is skipped: heartbeats still apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -55,7 +68,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.asyncio
 
 from spotlight.runtime.actor import StreamCall, decoding_runtime
 from spotlight.runtime.codec import (
@@ -74,17 +86,28 @@ from spotlight.runtime.errors import (
     SpotlightError,
     Timeout,
 )
-from spotlight.runtime.flow import Credits, settle
-from spotlight.runtime.serving import Inbound, ServingSide, error_from_header
+from spotlight.runtime.flow import Credits
+from spotlight.runtime.serving import PEER_SHUT_DOWN, Inbound, ServingSide, error_from_header
+from spotlight.runtime.zsock import LoopSocket
 
 if TYPE_CHECKING:
     from spotlight.runtime.actor import ActorRef
     from spotlight.runtime.runtime import Runtime
 
-__all__ = ["Transport"]
+__all__ = ["NOT_NOW", "Transport"]
 
 log = logging.getLogger("spotlight.runtime")
 Frames = list[Any]
+BYE_LINGER_MS = 100
+"""How long closing sockets may spend flushing the byes (and anything queued) to peers
+that are still connected; a dead peer's queue is dropped after this."""
+NOT_NOW: Any = object()
+"""Returned by a fast path that could not run at once (see ``Transport.ask_fast``)."""
+
+
+def _expire(fut: asyncio.Future[Any], ref: ActorRef, endpoint: str, deadline: float) -> None:
+    if not fut.done():
+        fut.set_exception(Timeout(f"ask {ref}.{endpoint} got no reply within {deadline}s"))
 
 
 @dataclass(eq=False)
@@ -101,10 +124,9 @@ class _Conn:
     """Our DEALER to one peer's ROUTER."""
 
     address: str
-    sock: zmq.asyncio.Socket
+    sock: LoopSocket
     last_recv: float
     ready: bool = False
-    task: asyncio.Task[None] | None = None
 
 
 class Transport(ServingSide):
@@ -113,15 +135,16 @@ class Transport(ServingSide):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.config = cfg = runtime.config
-        self.ctx = zmq.asyncio.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self._configure(self.router)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        router = self.ctx.socket(zmq.ROUTER)
+        self._configure(router)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if cfg.port:
-            self.router.bind(f"tcp://{cfg.bind_host}:{cfg.port}")
+            router.bind(f"tcp://{cfg.bind_host}:{cfg.port}")
             port = cfg.port
         else:
-            port = self.router.bind_to_random_port(f"tcp://{cfg.bind_host}")
+            port = router.bind_to_random_port(f"tcp://{cfg.bind_host}")
+        self.router = LoopSocket(router, self._on_router_message)
         self.address = f"tcp://{cfg.advertise_host or cfg.bind_host}:{port}"
         self.conns: dict[str, _Conn] = {}
         self.inbound: dict[bytes, Inbound] = {}
@@ -154,12 +177,17 @@ class Transport(ServingSide):
 
     def start(self) -> None:
         self._loops = [
-            self.runtime.create_task(self._router_loop(), name="spotlight router"),
             self.runtime.create_task(self._heartbeat_loop(), name="spotlight heartbeat"),
         ]
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        """Run a fire-and-forget send; failures are logged, never silently lost."""
+        """Run a fire-and-forget send; failures are logged, never silently lost.
+
+        After ``close`` began nothing new may touch the sockets: the coroutine is dropped.
+        """
+        if self.closed:
+            coro.close()
+            return
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -202,16 +230,16 @@ class Transport(ServingSide):
         self._configure(sock)
         sock.setsockopt(zmq.ROUTING_ID, b"S" + os.urandom(15))
         sock.connect(address)
-        conn = _Conn(address, sock, asyncio.get_running_loop().time())
-        self.conns[address] = conn
         hello = {
             "k": "hello",
             "addr": self.address,
             "w": self.config.credit_window,
             "token": self.config.cluster_token,
         }
-        sock.send_multipart(encode(hello), copy=True)  # first in the pipe, before any call
-        conn.task = self.runtime.create_task(self._conn_loop(conn), name=f"conn {address}")
+        sock.send_multipart(encode(hello), zmq.NOBLOCK)  # first in the pipe, before any call
+        conn = _Conn(address, None, asyncio.get_running_loop().time())  # type: ignore[arg-type]
+        conn.sock = LoopSocket(sock, lambda frames: self._on_conn_message(conn, frames))
+        self.conns[address] = conn
         return conn
 
     def _credits(self, address: str, actor: str) -> Credits:
@@ -221,13 +249,103 @@ class Transport(ServingSide):
         return pool
 
     async def _send(self, conn: _Conn, frames: Frames) -> None:
+        if conn.sock.closed:  # peer_lost or close() got there first: never touch the socket
+            if self.closed:
+                raise ActorStopped("the runtime is shut down")
+            raise PeerLost(f"peer {conn.address} lost: its connection is closed")
+        if not conn.sock.send_nowait(frames):  # queue full: wait for room, under a deadline
+            try:
+                async with asyncio.timeout(self.config.send_timeout_s):
+                    await conn.sock.send(frames)
+            except TimeoutError:
+                raise Timeout(
+                    f"could not queue a message to {conn.address} within "
+                    f"send_timeout_s={self.config.send_timeout_s}"
+                ) from None
+        self._count_out(frames)
+
+    def _post(self, conn: _Conn, frames: Frames, name: str) -> None:
+        """Send a control message (ping, cancel, more) in the background.
+
+        A connection closed before the task runs (the peer was lost, or we are shutting
+        down) makes it a no-op: the message has nobody left to inform.
+        """
+        self.spawn(self._post_now(conn, frames), name=name)
+
+    async def _post_now(self, conn: _Conn, frames: Frames) -> None:
+        if conn.sock.closed:
+            return
         try:
-            await settle(conn.sock.send_multipart(frames, copy=False), self.config.send_timeout_s)
-        except TimeoutError:
-            raise Timeout(
-                f"could not queue a message to {conn.address} within "
-                f"send_timeout_s={self.config.send_timeout_s}"
-            ) from None
+            await self._send(conn, frames)
+        except (PeerLost, ActorStopped):
+            return
+
+    # The fast paths below take a free credit and queue the message at once, with no
+    # timeout context and no extra coroutine; anything else (no connection yet, no free
+    # credit, a full socket queue) returns ``NOT_NOW`` and the caller takes the general
+    # path, which waits under a deadline. Same errors, same credits, same cancel rules.
+
+    def tell_nowait(
+        self, ref: ActorRef, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool:
+        """Queue a tell at once if possible; ``False`` means: use :meth:`tell`."""
+        conn = self.conns.get(ref.address)
+        credits = self.credits.get((ref.address, ref.name))
+        if conn is None or credits is None or self.closed or not credits.try_acquire():
+            return False
+        try:
+            header = {"k": "tell", "a": ref.name, "g": ref.generation, "e": endpoint}
+            frames = self._encode(header, [list(args), kwargs])
+            sent = not conn.sock.closed and conn.sock.send_nowait(frames)
+        except BaseException:
+            credits.release()
+            raise
+        if not sent:
+            credits.release()
+            return False
+        self._count_out(frames)
+        return True
+
+    async def ask_fast(
+        self,
+        ref: ActorRef,
+        endpoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: float,
+    ) -> Any:
+        """An ask whose deadline is a loop timer; ``NOT_NOW`` means: use :meth:`ask`."""
+        conn = self.conns.get(ref.address)
+        credits = self.credits.get((ref.address, ref.name))
+        if conn is None or credits is None or self.closed or not credits.try_acquire():
+            return NOT_NOW
+        cid = next(self._ids)
+        try:
+            header = {"k": "ask", "a": ref.name, "g": ref.generation, "e": endpoint, "c": cid}
+            frames = self._encode(header, [list(args), kwargs])
+            sent = not conn.sock.closed and conn.sock.send_nowait(frames)
+        except BaseException:
+            credits.release()
+            raise
+        if not sent:
+            credits.release()
+            return NOT_NOW
+        self._count_out(frames)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self.pending[cid] = _Pending(ref.address, ref.name, credits, future=fut)
+        timer = loop.call_later(deadline, _expire, fut, ref, endpoint, deadline)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            if self.pending.pop(cid, None) is not None:  # not answered: timeout or cancel
+                credits.release()
+                self._send_cancel(ref.address, cid)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed while we were not awaiting it: mark it seen
+
+    def _count_out(self, frames: Frames) -> None:
         self.stats["messages_out"] += 1
         self.stats["bytes_out"] += sum(memoryview(f).nbytes for f in frames)
 
@@ -271,12 +389,13 @@ class Transport(ServingSide):
                 credits.release()
                 if sent:
                     self._send_cancel(ref.address, cid)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed while we were not awaiting it: mark it seen
 
     def _send_cancel(self, address: str, cid: int) -> None:
         conn = self.conns.get(address)
         if conn is not None and not self.closed:
-            frames = encode({"k": "cancel", "c": cid})
-            self.spawn(self._send(conn, frames), name=f"cancel {cid}")
+            self._post(conn, encode({"k": "cancel", "c": cid}), name=f"cancel {cid}")
 
     def open_stream(
         self,
@@ -288,29 +407,30 @@ class Transport(ServingSide):
     ) -> StreamCall:
         return _RemoteStream(self, ref, endpoint, args, kwargs, timeout)
 
-    async def _conn_loop(self, conn: _Conn) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            frames = await conn.sock.recv_multipart(copy=False)
-            conn.last_recv = loop.time()
-            self.stats["messages_in"] += 1
-            self.stats["bytes_in"] += sum(len(f) for f in frames)
-            try:
-                self._on_reply(conn, frames)
-            except WireVersionError as exc:
-                self.stats["bad_messages"] += 1
-                log.error("peer %s: %s", conn.address, exc)
-                self.peer_lost(conn.address, str(exc))
-                return
-            except (CodecError, SpotlightError, ValueError, TypeError, KeyError) as exc:
-                self.stats["bad_messages"] += 1
-                log.warning("bad reply from %s dropped: %s", conn.address, exc)
+    def _on_conn_message(self, conn: _Conn, frames: list[zmq.Frame]) -> None:
+        """Reader callback of one DEALER: a reply, stream item, credit or pong."""
+        conn.last_recv = conn.sock.loop.time()
+        stats = self.stats
+        stats["messages_in"] += 1
+        stats["bytes_in"] += sum(len(f) for f in frames)
+        try:
+            self._on_reply(conn, frames)
+        except WireVersionError as exc:
+            stats["bad_messages"] += 1
+            log.error("peer %s: %s", conn.address, exc)
+            self.peer_lost(conn.address, str(exc))
+        except (CodecError, SpotlightError, ValueError, TypeError, KeyError) as exc:
+            stats["bad_messages"] += 1
+            log.warning("bad reply from %s dropped: %s", conn.address, exc)
 
     def _on_reply(self, conn: _Conn, frames: list[zmq.Frame]) -> None:
         header = decode_header(frames[0].buffer)
         kind = header.get("k")
         cid = header.get("c")
         if kind == "pong":
+            return
+        if kind == "bye":
+            self.peer_lost(conn.address, PEER_SHUT_DOWN)
             return
         if kind == "hello_ok":
             conn.ready = True
@@ -372,9 +492,7 @@ class Transport(ServingSide):
         error = error or PeerLost(f"peer {address} lost: {reason}")
         conn = self.conns.pop(address, None)
         if conn is not None:
-            if conn.task is not None and conn.task is not asyncio.current_task():
-                conn.task.cancel(msg=f"peer lost: {reason}")
-            conn.sock.close(linger=0)
+            conn.sock.close(error)  # its waiting senders get ``error``
         for cid, pending in list(self.pending.items()):
             if pending.address == address:
                 del self.pending[cid]
@@ -387,7 +505,8 @@ class Transport(ServingSide):
         if address in self.known_peers:
             self.known_peers.discard(address)
             self.stats["peers_lost"] += 1
-            log.warning("peer %s lost: %s", address, reason)
+            level = logging.INFO if reason == PEER_SHUT_DOWN else logging.WARNING
+            log.log(level, "peer %s lost: %s", address, reason)  # a graceful leave is no alarm
             self.runtime.emit_peer_event("peer_lost", address, reason)
 
     def _forget_inbound(self, identity: bytes, reason: str) -> None:
@@ -411,7 +530,7 @@ class Transport(ServingSide):
                 if silent > cfg.liveness_s:
                     self.peer_lost(conn.address, f"no heartbeat for {silent:.2f}s")
                 else:
-                    self.spawn(self._send(conn, list(ping)), name="ping")
+                    self._post(conn, list(ping), name="ping")
             for identity, inbound in list(self.inbound.items()):
                 silent = now - inbound.last_seen
                 if silent > cfg.liveness_s:
@@ -426,16 +545,22 @@ class Transport(ServingSide):
     # -- shutdown -------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop loops, fail pending calls, close sockets (linger 0), destroy the context."""
+        """Stop loops, say bye, fail pending calls, close sockets, terminate the context.
+
+        Order matters: every task that may send is finished *before* any socket closes,
+        otherwise a heartbeat ping or a late reply runs on a closed socket
+        (``ZMQError: Socket operation on non-socket``). ``closed`` is set first, so no
+        new background send starts (``spawn`` drops it) and no new connection opens.
+        """
         if self.closed:
             return
         self.closed = True
-        tasks = [*self._loops, *self._tasks]
-        tasks += [c.task for c in self.conns.values() if c.task is not None]
-        for task in tasks:
-            task.cancel(msg="runtime shutdown")
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.config.stop_timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.stop_timeout_s
+        await self._cancel_all(self._loops, deadline)  # 1. no more pings
+        while self._tasks and loop.time() < deadline:  # 2. in-flight background sends
+            await self._cancel_all(list(self._tasks), deadline)
+        self._say_bye()  # 3. before failing our calls: peers learn we are gone at once
         error = ActorStopped("the runtime shut down before the answer came")
         for pending in self.pending.values():
             self._resolve_error(pending, error)
@@ -443,10 +568,29 @@ class Transport(ServingSide):
         for pool in self.credits.values():
             pool.fail(error)
         for conn in self.conns.values():
-            conn.sock.close(linger=0)
+            conn.sock.close(error, linger=BYE_LINGER_MS)
         self.conns.clear()
-        self.router.close(linger=0)
-        self.ctx.destroy(linger=0)
+        self.router.close(error, linger=BYE_LINGER_MS)
+        self.ctx.destroy(linger=None)  # waits <= BYE_LINGER_MS for queued messages to leave
+
+    def _say_bye(self) -> None:
+        bye = encode({"k": "bye"})
+        for conn in self.conns.values():
+            with contextlib.suppress(zmq.ZMQError):  # full or closed: heartbeats apply
+                conn.sock.send_nowait(bye)
+        for identity in self.inbound:
+            with contextlib.suppress(zmq.ZMQError):  # that caller is gone already
+                self.router.send_nowait([identity, *bye])
+
+    @staticmethod
+    async def _cancel_all(tasks: list[asyncio.Task[Any]], deadline: float) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in tasks if t is not current and not t.done()]
+        for task in tasks:
+            task.cancel(msg="runtime shutdown")
+        if tasks:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait(tasks, timeout=timeout)
 
     def statistics(self) -> dict[str, Any]:
         now = asyncio.get_running_loop().time() if not self.closed else 0.0
@@ -526,10 +670,8 @@ class _RemoteStream(StreamCall):
         if self.unacked >= max(1, self.t.config.stream_window // 2):
             conn = self.t.conns.get(self.ref.address)
             if conn is not None:
-                self.t.spawn(
-                    self.t._send(conn, encode({"k": "more", "c": self.cid, "n": self.unacked})),
-                    name="stream more",
-                )
+                frames = encode({"k": "more", "c": self.cid, "n": self.unacked})
+                self.t._post(conn, frames, name="stream more")
             self.unacked = 0
         return value
 

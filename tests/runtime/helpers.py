@@ -74,6 +74,8 @@ class Adder(Actor):
 
 def peer_main(ready_file: str, heartbeat_s: float) -> None:
     """Body of the child process: host an ``Adder`` named ``adder`` until killed."""
+    import torch  # noqa: F401  (tensors arrive: import before serving, not on the loop)
+
     from spotlight.runtime import Runtime, run
 
     async def main(rt: Runtime) -> None:

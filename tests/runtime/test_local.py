@@ -240,3 +240,21 @@ def test_public_surface_is_frozen() -> None:
         "StaleGeneration", "Timeout",
     ]  # fmt: skip
     assert all(issubclass(getattr(errors, n), errors.SpotlightError) for n in errors.__all__)
+
+
+class _TakesReservedNames(Actor):
+    def __init__(self, policy: str, parent: str, cls: str) -> None:
+        self.values = (policy, parent, cls)
+
+    @endpoint
+    async def values_(self) -> tuple[str, str, str]:
+        return self.values
+
+
+def test_actor_keywords_may_reuse_the_runtimes_parameter_names() -> None:
+    async def main() -> None:
+        async with Runtime(RuntimeConfig()) as rt:
+            ref = await rt.spawn(_TakesReservedNames, policy="p", parent="q", cls="c")
+            assert await ref.values_.ask(timeout=5) == ("p", "q", "c")
+
+    arun(main())
