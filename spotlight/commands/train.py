@@ -1,0 +1,504 @@
+"""`spotlight train --local`: Flow-GRPO on the tiny base in one process.
+
+The loop around ``spotlight.models.flow_grpo`` (which holds the maths), and only the I/O:
+
+    run dir/
+      run.json        settings (what ``--resume`` continues with)
+      metrics.jsonl   one JSON object per line: {"kind": "iteration"|"validation", ...}
+      curve.png       train reward and validation score against iteration
+      checkpoint/     latest policy (checkpoint.py format) + optimizer.pt + state.json
+
+Every random choice is a function of (run seed, iteration): the prompts of iteration i,
+their seeds, the SDE noise (sampler.py), the minibatch order. A checkpoint therefore holds
+only weights, optimizer state and the iteration count, and ``--resume RUN_DIR`` continues
+exactly as the uninterrupted run would have (tested bit for bit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from spotlight.models.flow_grpo import FlowGrpoConfig
+
+# torch and the models are imported inside the functions that need them so that
+# `spotlight train --help` stays instant (cli.py imports this module for the parser).
+
+VAL_SEED_OFFSET = 10**12
+"""Validation seeds are offset far from training seeds so a held-out score never reuses a
+training seed's noise."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """A local training run; stored as run.json in the run directory."""
+
+    algo: FlowGrpoConfig
+    """The algorithm of each iteration."""
+    iterations: int = 100
+    """Iterations to run (a time budget may stop earlier)."""
+    time_budget_s: float | None = None
+    """Stop after the iteration that crosses this wall time (then validate and checkpoint)."""
+    val_every: int = 10
+    """Validate every this many iterations (and at 0 and at the end)."""
+    val_per_kind: int = 6
+    """Held-out prompts per caption kind in the validation set (fewer where a kind has fewer)."""
+    val_seeds: int = 8
+    """Fixed seeds per validation prompt."""
+    ckpt_every: int = 10
+    """Checkpoint every this many iterations (and at the end)."""
+    seed: int = 0
+    """Run seed: prompts, seeds, noise and minibatch order derive from it."""
+    reward: str = "geneval"
+    base: str | None = None
+    """Base checkpoint directory; None = the cached default base (built on first use)."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "val_every", "val_per_kind", "val_seeds", "ckpt_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"RunSettings.{name} must be an integer >= 1, got {value!r}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSettings:
+        from spotlight.models.flow_grpo import FlowGrpoConfig
+        from spotlight.models.grpo import GrpoConfig
+        from spotlight.models.sampler import SamplerConfig
+
+        algo = dict(data["algo"])
+        sampler = dict(algo.pop("sampler"))
+        if sampler.get("sde_window") is not None:
+            sampler["sde_window"] = tuple(sampler["sde_window"])
+        grpo = GrpoConfig(**algo.pop("grpo"))
+        config = FlowGrpoConfig(sampler=SamplerConfig(**sampler), grpo=grpo, **algo)
+        rest = {k: v for k, v in data.items() if k != "algo"}
+        return cls(algo=config, **rest)
+
+
+def iteration_prompts(
+    train_by_kind: dict[str, list[str]], run_seed: int, iteration: int, count: int
+) -> list[str]:
+    """``count`` distinct-draw prompts for ``iteration``: a kind uniformly, then a caption.
+
+    Kind-balanced like the validation set, so RL does not spend 80% of its samples on
+    position captions (the most numerous kind of the grammar).
+    """
+    rng = np.random.default_rng([run_seed, iteration, 1])
+    kinds = sorted(k for k, v in train_by_kind.items() if v)
+    out = []
+    for _ in range(count):
+        kind = kinds[int(rng.integers(len(kinds)))]
+        out.append(train_by_kind[kind][int(rng.integers(len(train_by_kind[kind])))])
+    return out
+
+
+def iteration_seeds(run_seed: int, iteration: int, count: int) -> list[int]:
+    """Distinct seeds for every (run, iteration, sample) (up to 4096 samples an iteration)."""
+    if count > 4096:
+        raise ValueError(f"at most 4096 samples per iteration, got {count}")
+    return [(run_seed * 1_000_003 + iteration) * 4096 + i for i in range(count)]
+
+
+def validation_set(
+    held_out: Sequence[str], per_kind: int, n_seeds: int
+) -> tuple[list[str], list[int]]:
+    """A fixed stratified subset of held-out prompts and the fixed validation seeds."""
+    from spotlight.models.scenes import KINDS, prompt_kind_of
+
+    by_kind: dict[str, list[str]] = {k: [] for k in KINDS}
+    for p in held_out:
+        by_kind[prompt_kind_of(p)].append(p)
+    prompts = [p for k in KINDS for p in by_kind[k][:per_kind]]
+    return prompts, [VAL_SEED_OFFSET + i for i in range(n_seeds)]
+
+
+class _Log:
+    """metrics.jsonl writer; on resume drops lines past the checkpoint (they will be redone)."""
+
+    def __init__(self, path: Path, *, keep_through: int | None) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        if keep_through is not None and path.exists():
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                if rec["iteration"] <= keep_through:
+                    self.records.append(rec)
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def plot_curve(records: Sequence[dict[str, Any]], out: Path) -> None:
+    """Train reward (per iteration) and validation score (± spread) against iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = [r for r in records if r["kind"] == "iteration"]
+    vals = [r for r in records if r["kind"] == "validation"]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    if its:
+        ax.plot(
+            [r["iteration"] for r in its],
+            [r["reward_mean"] for r in its],
+            lw=0.8,
+            alpha=0.6,
+            label="train reward (SDE)",
+        )
+    if vals:
+        x = [r["iteration"] for r in vals]
+        y = np.array([r["val_score"] for r in vals])
+        s = np.array([r["val_spread"] for r in vals])
+        ax.plot(x, y, "o-", color="C3", label="validation score (ODE, held-out)")
+        ax.fill_between(x, y - s, y + s, color="C3", alpha=0.15)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def _save(
+    run_dir: Path, policy: Any, optimizer: Any, iteration: int, settings: RunSettings
+) -> None:
+    import torch
+
+    from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
+
+    tmp = run_dir / "checkpoint.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    card = CheckpointCard(
+        config=policy.config, steps=iteration, recipe={"flow_grpo": settings.to_json()}
+    )
+    save_checkpoint(policy, tmp, card)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"iteration": iteration}) + "\n")
+    final = run_dir / "checkpoint"
+    old = run_dir / "checkpoint.old"
+    if final.exists():
+        final.replace(old)
+    tmp.replace(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class _Progress:
+    """rich progress bar on a terminal, plain lines otherwise (logs, CI)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.fancy = enabled and sys.stdout.isatty()
+        self.total = total
+        self._bar: Any = None
+        if self.fancy:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]flow-grpo"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("", total=total)
+        self.enabled = enabled
+
+    def update(self, done: int, text: str) -> None:
+        if self.fancy:
+            self._bar.update(self._task, completed=done, description=text)
+        elif self.enabled:
+            print(f"[{done}/{self.total}] {text}", flush=True)
+
+    def close(self) -> None:
+        if self.fancy:
+            self._bar.stop()
+
+
+def train_local(
+    settings: RunSettings,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    reward_fn: Callable[[np.ndarray, list[str]], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a local Flow-GRPO run; returns a summary of base/final validation."""
+    import torch
+
+    from spotlight.models import scenes
+    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.flow_grpo import flow_grpo_iteration, validate
+
+    torch.manual_seed(settings.seed)  # nothing should draw from it; pinned in case
+    algo = settings.algo
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "checkpoint"
+    if resume:
+        if not (ckpt / "state.json").is_file():
+            raise ValueError(f"--resume {run_dir}: no checkpoint/state.json there to resume from")
+        policy, _ = load_checkpoint(ckpt)
+        start = int(json.loads((ckpt / "state.json").read_text())["iteration"])
+    else:
+        if settings.base is not None:
+            base = Path(settings.base)
+        else:
+            from spotlight.models.base import ensure_base
+
+            base = ensure_base(progress=progress)
+        policy, _ = load_checkpoint(base)
+        start = 0
+    (run_dir / "run.json").write_text(json.dumps(settings.to_json(), indent=2) + "\n")
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=algo.lr, weight_decay=algo.weight_decay)
+    if resume:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    if reward_fn is None:
+        from spotlight.models.rewards import build_reward
+
+        reward_fn = build_reward(settings.reward)
+    train, held_out = scenes.prompt_split()
+    train_by_kind: dict[str, list[str]] = {}
+    for p in train:
+        train_by_kind.setdefault(scenes.prompt_kind_of(p), []).append(p)
+    val_prompts, val_seeds = validation_set(held_out, settings.val_per_kind, settings.val_seeds)
+    log = _Log(run_dir / "metrics.jsonl", keep_through=start if resume else None)
+
+    def run_validation(iteration: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        res = validate(policy, val_prompts, val_seeds, reward_fn, algo.sampler, micro_batch=64)
+        rec = {
+            "kind": "validation",
+            "iteration": iteration,
+            "val_score": res.score,
+            "val_spread": res.spread,
+            "val_s": time.perf_counter() - t0,
+        }
+        log.write(rec)
+        return rec
+
+    if not resume:
+        run_validation(0)
+    bar = _Progress(settings.iterations, progress)
+    t_start = time.perf_counter()
+    it = start
+    try:
+        while it < settings.iterations:
+            prompts = iteration_prompts(train_by_kind, settings.seed, it, algo.prompts_per_iter)
+            pairs = [p for p in prompts for _ in range(algo.group_size)]
+            seeds = iteration_seeds(settings.seed, it, algo.batch_size)
+            stats, _ = flow_grpo_iteration(
+                policy,
+                optimizer,
+                pairs,
+                seeds,
+                reward_fn,
+                algo,
+                shuffle_seed=settings.seed * 7919 + it,
+            )
+            it += 1
+            log.write(
+                {
+                    "kind": "iteration",
+                    "iteration": it,
+                    "reward_mean": stats.reward.mean,
+                    "reward_std": stats.reward.std,
+                    "zero_std_group_frac": stats.reward.zero_std_group_frac,
+                    **{f"loss_{k}": v for k, v in dataclasses.asdict(stats.loss).items()},
+                    "first_ratio_dev": stats.first_ratio_dev,
+                    "grad_norm": stats.grad_norm,
+                    "rollout_s": stats.rollout_s,
+                    "reward_s": stats.reward_s,
+                    "train_s": stats.train_s,
+                    "wall_s": time.perf_counter() - t_start,
+                }
+            )
+            out_of_time = settings.time_budget_s is not None and (
+                time.perf_counter() - t_start >= settings.time_budget_s
+            )
+            last = it == settings.iterations or out_of_time
+            text = f"reward {stats.reward.mean:.3f}"
+            if it % settings.val_every == 0 or last:
+                v = run_validation(it)
+                text += f"  val {v['val_score']:.3f}±{v['val_spread']:.3f}"
+            if it % settings.ckpt_every == 0 or last:
+                _save(run_dir, policy, optimizer, it, settings)
+            plot_curve(log.records, run_dir / "curve.png")
+            bar.update(it, text)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
+    vals = [r for r in log.records if r["kind"] == "validation"]
+    its = [r for r in log.records if r["kind"] == "iteration"]
+    return {
+        "base_val_score": vals[0]["val_score"] if vals else math.nan,
+        "base_val_spread": vals[0]["val_spread"] if vals else math.nan,
+        "final_val_score": vals[-1]["val_score"] if vals else math.nan,
+        "final_val_spread": vals[-1]["val_spread"] if vals else math.nan,
+        "iterations": it,
+        "wall_s": time.perf_counter() - t_start,
+        "zero_std_group_frac": float(np.mean([r["zero_std_group_frac"] for r in its]))
+        if its
+        else math.nan,
+        "validations": vals,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--local", action="store_true", help="train in this one process (the only mode so far)"
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help="where metrics, curve and checkpoints go (default runs/train-<time>)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its checkpoint",
+    )
+    parser.add_argument(
+        "--base", type=str, help="base checkpoint directory (default: the cached tiny base)"
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        help="iterations to run (default 100; with --resume: the run's own)",
+    )
+    parser.add_argument(
+        "--time-budget", type=float, help="stop after this many seconds of training"
+    )
+    parser.add_argument("--prompts-per-iter", type=int, default=8)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--num-steps", type=int, default=8, help="denoising steps")
+    parser.add_argument("--noise-level", type=float, default=0.9, help="Flow-GRPO noise level a")
+    parser.add_argument(
+        "--sde-window", type=str, default="0:3", help="'start:stop' SDE steps, or 'all'"
+    )
+    parser.add_argument("--shift", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--clip-range", type=float, default=1e-3)
+    parser.add_argument("--kl-beta", type=float, default=0.0)
+    parser.add_argument("--inner-epochs", type=int, default=1)
+    parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--chunks-per-update", type=int, default=1)
+    parser.add_argument("--val-every", type=int, default=10)
+    parser.add_argument("--val-seeds", type=int, default=8)
+    parser.add_argument("--ckpt-every", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reward", type=str, default="geneval")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _parse_window(text: str) -> tuple[int, int] | None:
+    if text == "all":
+        return None
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ValueError(
+            f"--sde-window {text!r}: expected 'start:stop' (e.g. 0:3) or 'all'"
+        ) from None
+    return a, b
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    from spotlight.models.flow_grpo import FlowGrpoConfig
+    from spotlight.models.grpo import GrpoConfig
+    from spotlight.models.sampler import SamplerConfig
+
+    algo = FlowGrpoConfig(
+        prompts_per_iter=args.prompts_per_iter,
+        group_size=args.group_size,
+        sampler=SamplerConfig(
+            num_steps=args.num_steps,
+            noise_level=args.noise_level,
+            sde_window=_parse_window(args.sde_window),
+            shift=args.shift,
+        ),
+        grpo=GrpoConfig(clip_range=args.clip_range, kl_beta=args.kl_beta),
+        lr=args.lr,
+        inner_epochs=args.inner_epochs,
+        micro_batch=args.micro_batch,
+        chunks_per_update=args.chunks_per_update,
+    )
+    if args.kl_beta > 0:
+        raise ValueError(
+            "--kl-beta > 0 needs a reference policy, which the local trainer does not load yet; use 0"
+        )
+    return RunSettings(
+        algo=algo,
+        iterations=args.iterations if args.iterations is not None else 100,
+        time_budget_s=args.time_budget,
+        val_every=args.val_every,
+        val_seeds=args.val_seeds,
+        ckpt_every=args.ckpt_every,
+        seed=args.seed,
+        reward=args.reward,
+        base=args.base,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.local:
+        print(
+            "spotlight train: only --local (one process) exists so far; pass --local",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        if args.resume is not None:
+            run_dir = args.resume
+            data = json.loads((run_dir / "run.json").read_text())
+            settings = RunSettings.from_json(data)
+            if args.iterations is not None:
+                settings = dataclasses.replace(settings, iterations=args.iterations)
+            resume = True
+        else:
+            settings = settings_from_args(args)
+            run_dir = args.run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+            resume = False
+        summary = train_local(settings, run_dir, resume=resume, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"spotlight train: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"base {summary['base_val_score']:.3f} → final {summary['final_val_score']:.3f} "
+        f"(±{summary['final_val_spread']:.3f}) after {summary['iterations']} iterations; "
+        f"metrics in {run_dir / 'metrics.jsonl'}, curve in {run_dir / 'curve.png'}"
+    )
+    return 0

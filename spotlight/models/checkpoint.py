@@ -1,0 +1,174 @@
+"""Save and load a tiny policy: ``model.safetensors`` (weights) + ``card.json`` (what it is).
+
+A checkpoint is a directory. The card records the config (so a checkpoint of another shape is
+refused with a message naming both, instead of a wall of size-mismatch errors), the training
+steps, final loss, base validation score, the recipe that made it, and library versions.
+safetensors, not pickle: loading a checkpoint never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+CARD_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or made for another config."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointCard:
+    """What a checkpoint is; stored as JSON beside the weights."""
+
+    config: DiTConfig
+    """Shape of the policy the weights belong to."""
+    steps: int = 0
+    """Optimizer steps that produced the weights."""
+    loss: float | None = None
+    """Final training loss (flow matching for the base, GRPO loss after RL)."""
+    val_score: float | None = None
+    """Validation score (mean reward on held-out prompts × fixed seeds, ODE sampler)."""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """How the weights were made (the pretraining recipe, RL settings, ...)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth keeping: loss curve, per-prompt scores, wall time."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """Library versions at save time (filled in by :func:`save_checkpoint`)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CARD_FORMAT,
+            "config": self.config.to_dict(),
+            "steps": self.steps,
+            "loss": self.loss,
+            "val_score": self.val_score,
+            "recipe": self.recipe,
+            "metrics": self.metrics,
+            "versions": self.versions,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckpointCard:
+        if data.get("format") != CARD_FORMAT:
+            raise CheckpointError(
+                f"card format {data.get('format')!r} is not supported (expected {CARD_FORMAT})"
+            )
+        return cls(
+            config=DiTConfig.from_dict(data["config"]),
+            steps=int(data["steps"]),
+            loss=data.get("loss"),
+            val_score=data.get("val_score"),
+            recipe=dict(data.get("recipe") or {}),
+            metrics=dict(data.get("metrics") or {}),
+            versions=dict(data.get("versions") or {}),
+        )
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    from spotlight import __version__
+
+    return {
+        "spotlight": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
+
+
+def save_checkpoint(policy: DiTPolicy, path: str | os.PathLike[str], card: CheckpointCard) -> Path:
+    """Write ``policy``'s weights and ``card`` into directory ``path`` (created if needed).
+
+    Each file is written to a temporary name and renamed, so a crash mid-save never leaves a
+    half-written checkpoint that looks complete.
+    """
+    if card.config != policy.config:
+        raise CheckpointError(
+            f"card is for config {card.config.name!r} but the policy is {policy.config.name!r}"
+        )
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+    full = CheckpointCard(
+        config=card.config,
+        steps=card.steps,
+        loss=card.loss,
+        val_score=card.val_score,
+        recipe=card.recipe,
+        metrics=card.metrics,
+        versions={**_versions(), **card.versions},
+    )
+    with tempfile.NamedTemporaryFile(dir=out, suffix=".tmp", delete=False) as f:
+        tmp_weights = Path(f.name)
+    save_file(state, str(tmp_weights), metadata={"config": policy.config.name})
+    tmp_weights.replace(out / WEIGHTS_FILE)
+    tmp_card = out / (CARD_FILE + ".tmp")
+    tmp_card.write_text(json.dumps(full.to_json(), indent=2) + "\n")
+    tmp_card.replace(out / CARD_FILE)
+    return out
+
+
+def read_card(path: str | os.PathLike[str]) -> CheckpointCard:
+    """The card of the checkpoint directory ``path`` (CheckpointError if missing or corrupt)."""
+    card_path = Path(path) / CARD_FILE
+    if not Path(path).is_dir():
+        raise CheckpointError(f"no checkpoint directory at {path}")
+    if not card_path.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {CARD_FILE}")
+    try:
+        return CheckpointCard.from_json(json.loads(card_path.read_text()))
+    except CheckpointError:
+        raise
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint card {card_path} is corrupt: {e}") from e
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, config: DiTConfig | str | None = None
+) -> tuple[DiTPolicy, CheckpointCard]:
+    """The policy and card stored in ``path``; ``config`` (optional) is what the caller expects.
+
+    Raises CheckpointError for a missing directory or file, a corrupt file, or a checkpoint
+    made for another config ("checkpoint is for config X, asked for Y").
+    """
+    card = read_card(path)
+    if config is not None:
+        want = get_config(config) if isinstance(config, str) else config
+        if want.name != card.config.name:
+            raise CheckpointError(
+                f"checkpoint {path} is for config {card.config.name!r}, asked for {want.name!r}"
+            )
+        if want != card.config:
+            raise CheckpointError(
+                f"checkpoint {path} is for a different shape of config {want.name!r}: "
+                f"stored {card.config}, asked for {want}"
+            )
+    weights_path = Path(path) / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS_FILE}")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint weights {weights_path} are corrupt: {e}") from e
+    policy = build_policy(card.config)
+    try:
+        policy.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint weights {weights_path} do not match config {card.config.name!r}: {e}"
+        ) from e
+    return policy, card
