@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -307,12 +307,27 @@ class DiTPolicy(nn.Module):
     def forward(self, x_BNC: Tensor, sigma_B: Tensor, text: TextEmbedding) -> Tensor:
         """Velocity ``v = noise − x0`` at noise level σ ∈ [0, 1] (σ = 1 is pure noise)."""
         cfg = self.config
-        batch, n_tokens, chans = x_BNC.shape
+        _, n_tokens, chans = x_BNC.shape
         if (n_tokens, chans) != (cfg.num_tokens, cfg.token_dim):
             raise ValueError(
                 f"x_BNC has shape {tuple(x_BNC.shape)}; config {cfg.name!r} expects "
                 f"(B, {cfg.num_tokens}, {cfg.token_dim})"
             )
+        out = self.transformer(**self.transformer_kwargs(x_BNC, sigma_B, text), return_dict=False)[
+            0
+        ]
+        return out.float()
+
+    def transformer_kwargs(
+        self, x_BNC: Tensor, sigma_B: Tensor, text: TextEmbedding
+    ) -> dict[str, Any]:
+        """The diffusers transformer call of :meth:`forward` as keyword arguments.
+
+        Separate from ``forward`` so that sequence parallelism
+        (:func:`spotlight.models.ulysses.ulysses_forward`) can shard exactly the call the
+        single-process policy makes: text batch broadcast, dtype casts and ``img_shapes``.
+        """
+        batch = x_BNC.shape[0]
         if sigma_B.shape != (batch,):
             raise ValueError(f"sigma_B must have shape ({batch},), got {tuple(sigma_B.shape)}")
         embeds_BLD, mask_BL = text
@@ -323,17 +338,15 @@ class DiTPolicy(nn.Module):
                 )
             embeds_BLD = embeds_BLD.expand(batch, -1, -1)
             mask_BL = mask_BL.expand(batch, -1)
-        dtype = cfg.torch_dtype
-        gh, gw = cfg.grid
-        out = self.transformer(
-            hidden_states=x_BNC.to(dtype),
-            encoder_hidden_states=embeds_BLD.to(dtype),
-            encoder_hidden_states_mask=mask_BL,
-            timestep=sigma_B.to(dtype),
-            img_shapes=[(1, gh, gw)] * batch,
-            return_dict=False,
-        )[0]
-        return out.float()
+        dtype = self.config.torch_dtype
+        gh, gw = self.config.grid
+        return {
+            "hidden_states": x_BNC.to(dtype),
+            "encoder_hidden_states": embeds_BLD.to(dtype),
+            "encoder_hidden_states_mask": mask_BL,
+            "timestep": sigma_B.to(dtype),
+            "img_shapes": [(1, gh, gw)] * batch,
+        }
 
     def pack(self, images_BCHW: Tensor) -> Tensor:
         """Images (float, [-1, 1]) -> tokens x_BNC, channel-major per patch as in Qwen-Image."""
