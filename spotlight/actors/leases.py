@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from spotlight.runtime.codec import register_wire_type
+
 if TYPE_CHECKING:
     from spotlight.actors.journal import Journal, JournalConfig, JournalRecord
 
@@ -59,6 +61,7 @@ KINDS: tuple[str, ...] = ("explore", "rollout")
 _EPOCH_SHIFT = 32  # tokens are (epoch << 32) + n; see the module docstring
 
 
+@register_wire_type(name="spotlight.SampleRequest")
 @dataclass(frozen=True, kw_only=True)
 class SampleRequest:
     """One trajectory to sample; immutable, identified by ``request_id``."""
@@ -97,6 +100,7 @@ class SampleRequest:
             raise ValueError(f"deadline must be a finite clock time or None, got {self.deadline}")
 
 
+@register_wire_type(name="spotlight.Snapshot")
 @dataclass(frozen=True, kw_only=True)
 class Snapshot:
     """Committed progress of a trajectory at a step boundary.
@@ -110,6 +114,7 @@ class Snapshot:
     payload: Any
 
 
+@register_wire_type(name="spotlight.Lease")
 @dataclass(frozen=True)
 class Lease:
     """Permission for ``worker_id`` to run ``request`` until ``expires_at`` (renewable)."""
@@ -123,6 +128,7 @@ class Lease:
     """Latest committed snapshot, or None to start from step 0."""
 
 
+@register_wire_type(name="spotlight.LeaseStats")
 @dataclass(frozen=True, kw_only=True)
 class LeaseStats:
     """Counters and gauges of a :class:`LeaseTable`; the monitor and the tests read these.

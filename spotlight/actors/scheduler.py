@@ -70,12 +70,6 @@ __all__ = [
 
 log = logging.getLogger("spotlight.actors.scheduler")
 
-# The lease table's value types cross the wire between scheduler and workers.
-register_wire_type(SampleRequest, name="spotlight.SampleRequest")
-register_wire_type(Snapshot, name="spotlight.Snapshot")
-register_wire_type(Lease, name="spotlight.Lease")
-register_wire_type(LeaseStats, name="spotlight.LeaseStats")
-
 
 @register_wire_type(name="spotlight.SchedulingConfig")
 @dataclass(frozen=True, kw_only=True)

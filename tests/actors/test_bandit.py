@@ -145,3 +145,21 @@ def test_observe_rejects_unknown_prompt_and_nan() -> None:
         bandit.observe("zzz", 0, 0.5)
     with pytest.raises(ValueError, match="nan"):
         bandit.observe("a", 0, float("nan"))
+
+
+def test_short_prompts_are_filled_to_the_group_size_first() -> None:
+    """Two explored seeds at the extremes look saturated (V = 0.25), but the trainer's group
+    would be padded with two random seeds: the fill gives every prompt G explored seeds
+    before the greedy spends the rest."""
+    cfg = BanditConfig(group_size=4, exploration_bonus=0.0, mc_draws=64)
+    bandit = ExplorationBandit(["lucky", "close", "full"], cfg, seed=0)
+    for s, r in enumerate((0.0, 1.0)):
+        bandit.observe("lucky", s, r)
+    for s, r in enumerate((0.5, 0.5)):
+        bandit.observe("close", s, r)
+    for s in range(4):
+        bandit.observe("full", s, float(s % 2))
+    plan = bandit.allocate(ExplorationBudget(gpu_seconds=4))
+    assert plan == {"lucky": 2, "close": 2, "full": 0}
+    small = bandit.allocate(ExplorationBudget(gpu_seconds=1))
+    assert sum(small.values()) == 1 and small["full"] == 0

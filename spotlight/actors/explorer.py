@@ -1,0 +1,466 @@
+"""Explorer actors: score candidate seeds for the *next* batch with the previous weights θ_{k−1}.
+
+Why: the reward ranking of seeds barely changes from one policy version to the next, so spot
+GPUs can try many seeds per prompt with slightly stale weights while the trainer works on
+iteration k; the planner then gives the trainer the seeds whose rewards spread the most.
+
+Map (one actor; two tasks it owns, both cancelled in ``on_stop``)::
+
+    trainer ──load_weights(version, state)──► endpoint: WeightSlot.offer (O(1), newest wins)
+                                                    │ (applied between batches)
+    scheduler ◄──pull(worker_id, n)──── _loop task ─┴─asyncio.to_thread──► generate + reward
+    scheduler ◄──complete(rid, token, ExploreResult)─┘    (one batched pass per pull)
+    scheduler ◄──renew(worker_id)────── _heartbeat task (every heartbeat_s while holding)
+    scheduler ──deliver_group(ExploreResult)──► planner (push, see scheduler.py)
+
+* ``load_weights`` only stores the newest version in a :class:`WeightSlot`; it never waits
+  on sampling, so the trainer's ``tell`` returns at once. A version not newer than the one
+  held or pending is ignored (counted); a jump of several versions simply replaces the
+  pending one: the explorer always moves to the newest it has heard of.
+* ``_loop`` waits on: weights (the first version), a ``pull`` ask (empty answer: waits
+  ``idle_pull_s`` or until new weights arrive), one batched sampling pass in a worker
+  thread, one ``complete`` ask per request. Requests whose ``deadline`` (wall clock,
+  ``time.time()``) has passed are completed as skipped without sampling: the planner has
+  already answered the trainer for that batch.
+* Exploration requests carry ``num_steps``; the explorer samples with that many steps in
+  its ``mode`` (``sde`` or ``ode``): the bench measures which cheap settings keep the seed
+  ranking.
+
+The explorer pulls through the :class:`ExploreSource` protocol: ``pull``/``complete`` of
+:class:`~spotlight.actors.scheduler.SchedulerActor` satisfy it. The scheduler's ``pull``
+has no kind filter yet, so explorers pull from a scheduler that queues only ``explore``
+requests (the planner submits there).
+
+Shutdown: ``on_stop`` cancels both tasks; leases held at that moment expire in the scheduler
+and are re-leased (exploration results are idempotent by (prompt, seed, version)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from spotlight.actors.leases import Lease
+from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy
+from spotlight.models.flow_grpo import decode, generate
+from spotlight.models.rewards import build_reward
+from spotlight.models.sampler import SamplerConfig
+from spotlight.runtime import Actor, ActorRef, endpoint
+from spotlight.runtime.codec import register_wire_type
+from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
+
+__all__ = [
+    "ExploreResult",
+    "ExploreSettings",
+    "ExplorerActor",
+    "ExplorerStats",
+    "WeightSlot",
+    "explore_rewards",
+]
+
+log = logging.getLogger("spotlight.actors.explorer")
+
+_RETRYABLE = (PeerLost, Timeout, ActorStopped, TimeoutError, RemoteError)
+_MODES = ("sde", "ode")
+
+
+@register_wire_type(name="spotlight.ExploreSettings")
+@dataclass(frozen=True, kw_only=True)
+class ExploreSettings:
+    """How an explorer samples and how it talks to the scheduler."""
+
+    mode: Literal["sde", "ode"] = "sde"
+    """Sampler for exploration; ``ode`` is deterministic given the seed (see the bench)."""
+    noise_level: float = 0.7
+    """SDE noise level; should match the trainer's rollouts so a seed means the same noise."""
+    micro_batch: int = 32
+    """Samples per forward pass."""
+    pull_batch: int = 16
+    """Requests pulled (and sampled together) at once."""
+    idle_pull_s: float = 0.2
+    """An idle explorer asks again this often (or as soon as new weights arrive)."""
+    heartbeat_s: float = 2.0
+    """Held leases are renewed this often (must be < the scheduler's lease_ttl_s / 2)."""
+    call_timeout_s: float = 10.0
+    """Deadline of every ask to the scheduler."""
+    reward: str = "geneval"
+    """Reward name for ``build_reward``."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"mode={self.mode!r}; valid: {_MODES}")
+        if not (math.isfinite(self.noise_level) and self.noise_level >= 0):
+            raise ValueError(f"noise_level={self.noise_level} must be finite and >= 0")
+        for name in ("micro_batch", "pull_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("idle_pull_s", "heartbeat_s", "call_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value} must be a finite number of seconds > 0")
+
+    def sampler(self, num_steps: int) -> SamplerConfig:
+        return SamplerConfig(num_steps=num_steps, noise_level=self.noise_level)
+
+
+@register_wire_type(name="spotlight.ExploreResult")
+@dataclass(frozen=True, kw_only=True)
+class ExploreResult:
+    """One explored seed: what the planner's bandit observes."""
+
+    prompt: str
+    seed: int
+    reward: float
+    """NaN when ``skipped``."""
+    version: int
+    """Weight version that sampled it (θ_{k−1} normally); -1 when skipped."""
+    seconds: float
+    """This seed's share of the batch's wall time: the planner's cost-per-seed estimate."""
+    worker_id: str
+    skipped: bool = False
+    """True when the request's deadline had passed before sampling (no reward)."""
+
+
+@register_wire_type(name="spotlight.ExplorerStats")
+@dataclass(frozen=True, kw_only=True)
+class ExplorerStats:
+    worker_id: str
+    version: int | None
+    """Weight version in use (None before the first ``load_weights``)."""
+    versions_received: int
+    versions_applied: int
+    versions_superseded: int
+    """Received but replaced by a newer one before they were applied (a version jump)."""
+    versions_ignored: int
+    """Not newer than the one held or pending (late or duplicate)."""
+    seeds_explored: int
+    seeds_skipped: int
+    batches: int
+    seconds_per_seed: float | None
+    stale_results: int
+    """Completions the scheduler refused (lease lost)."""
+
+
+class WeightSlot:
+    """Newest-wins holder of versioned weights; pure, so version handling is tested alone.
+
+    ``offer`` never blocks and keeps at most one pending state (the newest), so a burst of
+    versions costs no memory beyond one copy; ``take`` hands the pending one to the sampler.
+    """
+
+    def __init__(self) -> None:
+        self.current: int | None = None
+        self._pending: tuple[int, Mapping[str, Any]] | None = None
+        self.received = 0
+        self.applied = 0
+        self.superseded = 0
+        self.ignored = 0
+
+    @property
+    def newest(self) -> int | None:
+        if self._pending is not None:
+            return self._pending[0]
+        return self.current
+
+    def offer(self, version: int, state: Mapping[str, Any]) -> bool:
+        """Keep ``state`` if ``version`` is newer than anything held or pending."""
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ValueError(f"weight version must be an int >= 0, got {version!r}")
+        self.received += 1
+        newest = self.newest
+        if newest is not None and version <= newest:
+            self.ignored += 1
+            return False
+        if self._pending is not None:
+            self.superseded += 1
+        self._pending = (version, state)
+        return True
+
+    def take(self) -> tuple[int, Mapping[str, Any]] | None:
+        """The pending (version, state), now current; None if nothing newer arrived."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.current = pending[0]
+            self.applied += 1
+        return pending
+
+
+def explore_rewards(
+    policy: DiTPolicy,
+    prompts: list[str],
+    seeds: list[int],
+    reward_fn: Callable[[np.ndarray, list[str]], np.ndarray],
+    *,
+    num_steps: int,
+    settings: ExploreSettings,
+) -> np.ndarray:
+    """Rewards [B] of (prompt_i, seed_i) sampled with ``num_steps`` in ``settings.mode``.
+
+    The same function serves the explorer actor and the bench, so what is measured is what
+    runs. A seed fixes the same initial noise (and SDE noise per step) as in the trainer's
+    rollout, which is what makes a seed's explored reward predictive.
+    """
+    with torch.no_grad():
+        states, _ = generate(
+            policy,
+            prompts,
+            seeds,
+            settings.sampler(num_steps),
+            micro_batch=settings.micro_batch,
+            mode=settings.mode,
+        )
+        images = decode(policy, states)
+    rewards = np.asarray(reward_fn(images, list(prompts)), dtype=np.float64)
+    if rewards.shape != (len(prompts),):
+        raise ValueError(f"reward returned shape {rewards.shape}, expected ({len(prompts)},)")
+    return rewards
+
+
+class ExplorerActor(Actor):
+    """Pulls explore requests, samples them with the newest weights it holds; see the map."""
+
+    def __init__(
+        self,
+        *,
+        scheduler: ActorRef,
+        worker_id: str,
+        model: DiTConfig | str = "tiny",
+        settings: ExploreSettings | None = None,
+        announce_to: ActorRef | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.worker_id = worker_id
+        self.model = model
+        self.settings = settings or ExploreSettings()
+        self.announce_to = announce_to
+        self.slot = WeightSlot()
+        self.policy: DiTPolicy | None = None
+        self._reward: Any = None
+        self._wake = asyncio.Event()
+        self._holding: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sps: float | None = None
+        self._n = {"explored": 0, "skipped": 0, "batches": 0, "stale": 0}
+
+    async def on_start(self) -> None:
+        self.policy = build_policy(self.model)  # weights come from load_weights
+        self._reward = build_reward(self.settings.reward)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._loop(), name=f"explorer {self.worker_id}"),
+            loop.create_task(self._heartbeat(), name=f"explorer heartbeat {self.worker_id}"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+        if self.announce_to is not None:
+            await self.announce_to.register_explorer.tell(self.ref, self.worker_id)
+
+    async def on_stop(self) -> None:
+        for task in self._tasks:
+            if not task.done():
+                task.cancel("explorer stopping")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # ------------------------------------------------------------------ endpoints
+
+    @endpoint
+    async def load_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> bool:
+        """Offer weights ``version`` (use ``tell``): stored at once, applied between batches.
+
+        Returns whether it was kept (False: not newer than what this explorer has).
+        """
+        kept = self.slot.offer(version, state_dict)
+        if kept:
+            self._wake.set()
+        return kept
+
+    @endpoint
+    async def statistics(self) -> ExplorerStats:
+        s = self.slot
+        return ExplorerStats(
+            worker_id=self.worker_id,
+            version=s.current,
+            versions_received=s.received,
+            versions_applied=s.applied,
+            versions_superseded=s.superseded,
+            versions_ignored=s.ignored,
+            seeds_explored=self._n["explored"],
+            seeds_skipped=self._n["skipped"],
+            batches=self._n["batches"],
+            seconds_per_seed=self._sps,
+            stale_results=self._n["stale"],
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("explorer task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _wait_wake(self, wait_s: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait_s)
+
+    async def _apply_newest(self) -> None:
+        pending = self.slot.take()
+        if pending is None:
+            return
+        version, state = pending
+        policy = self.policy
+        assert policy is not None
+        await asyncio.to_thread(policy.load_state_dict, dict(state), strict=True)
+        log.info("explorer %s now at weight version %d", self.worker_id, version)
+
+    async def _loop(self) -> None:
+        while True:
+            if self.slot.newest is None:
+                await self._wait_wake(self.settings.idle_pull_s * 10)
+                continue
+            await self._apply_newest()
+            try:
+                leases: list[Lease] = await self.scheduler.pull.ask(
+                    self.worker_id, self.settings.pull_batch, timeout=self.settings.call_timeout_s
+                )
+            except _RETRYABLE as exc:
+                log.info("pull by %s failed (%r); retrying", self.worker_id, exc)
+                leases = []
+            if not leases:
+                await self._wait_wake(self.settings.idle_pull_s)
+                continue
+            self._holding = {lease.request.request_id for lease in leases}
+            try:
+                await self._run(leases)
+            finally:
+                self._holding = set()
+
+    async def _run(self, leases: list[Lease]) -> None:
+        now = time.time()
+        live = [
+            lease
+            for lease in leases
+            if lease.request.deadline is None or lease.request.deadline > now
+        ]
+        for lease in leases:
+            if lease not in live:
+                await self._complete(lease, math.nan, -1, 0.0, skipped=True)
+        by_steps: dict[int, list[Lease]] = {}
+        for lease in live:
+            by_steps.setdefault(lease.request.num_steps, []).append(lease)
+        version = self.slot.current
+        assert version is not None and self.policy is not None
+        for num_steps, group in by_steps.items():
+            prompts = [lease.request.prompt for lease in group]
+            seeds = [lease.request.seed for lease in group]
+            t0 = time.perf_counter()
+            rewards = await asyncio.to_thread(
+                explore_rewards,
+                self.policy,
+                prompts,
+                seeds,
+                self._reward,
+                num_steps=num_steps,
+                settings=self.settings,
+            )
+            per_seed = (time.perf_counter() - t0) / len(group)
+            self._sps = per_seed if self._sps is None else 0.7 * self._sps + 0.3 * per_seed
+            self._n["batches"] += 1
+            for lease, reward in zip(group, rewards, strict=True):
+                await self._complete(lease, float(reward), version, per_seed)
+
+    async def _complete(
+        self, lease: Lease, reward: float, version: int, seconds: float, *, skipped: bool = False
+    ) -> None:
+        request = lease.request
+        result = ExploreResult(
+            prompt=request.prompt,
+            seed=request.seed,
+            reward=reward,
+            version=version,
+            seconds=seconds,
+            worker_id=self.worker_id,
+            skipped=skipped,
+        )
+        self._n["skipped" if skipped else "explored"] += 1
+        try:
+            accepted = await self.scheduler.complete.ask(
+                request.request_id, lease.token, result, timeout=self.settings.call_timeout_s
+            )
+        except _RETRYABLE as exc:
+            log.info("complete of %s failed (%r); the lease will expire", request.request_id, exc)
+            return
+        if not accepted:
+            self._n["stale"] += 1
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)  # a timer, not synchronisation
+            if not self._holding:
+                continue
+            try:
+                await self.scheduler.renew.ask(self.worker_id, timeout=self.settings.call_timeout_s)
+            except _RETRYABLE as exc:
+                log.info("renew by %s failed (%r)", self.worker_id, exc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m spotlight.actors.explorer``: one explorer process (a spot node's actor).
+
+    It joins the scheduler and announces itself to the planner, then explores until
+    SIGTERM/SIGINT. Weights arrive with ``load_weights``; until then it only waits.
+    """
+    import argparse
+
+    from spotlight.runtime import Runtime, RuntimeConfig, run
+
+    ap = argparse.ArgumentParser(description="Spotlight explorer process")
+    ap.add_argument("--scheduler", required=True, help="ADDRESS/NAME of the explore scheduler")
+    ap.add_argument("--planner", default=None, help="ADDRESS/NAME of the planner to announce to")
+    ap.add_argument("--worker-id", required=True)
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--mode", default="sde", choices=_MODES)
+    ap.add_argument("--pull-batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    settings = ExploreSettings(mode=args.mode, pull_batch=args.pull_batch, idle_pull_s=0.05)
+
+    def split(text: str) -> tuple[str, str]:
+        address, _, name = text.rpartition("/")
+        if not address or not name:
+            raise ValueError(
+                f"expected ADDRESS/NAME (e.g. tcp://127.0.0.1:5555/scheduler), got {text!r}"
+            )
+        return address, name
+
+    async def body(rt: Runtime) -> None:
+        sched = rt.ref(*split(args.scheduler))
+        planner = rt.ref(*split(args.planner)) if args.planner else None
+        await rt.spawn(
+            ExplorerActor,
+            name=args.worker_id,
+            scheduler=sched,
+            worker_id=args.worker_id,
+            model=args.model,
+            settings=settings,
+            announce_to=planner,
+        )
+        print(f"explorer {args.worker_id} at {rt.address}", flush=True)
+        await asyncio.Event().wait()  # until a signal cancels us
+
+    run(body, RuntimeConfig())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Explorer: weight versions (newest wins, stale by one, jumps), and real sampling of requests."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import pytest
+import torch
+
+from spotlight.actors.explorer import ExplorerActor, ExploreResult, ExploreSettings, WeightSlot
+from spotlight.actors.leases import SampleRequest
+from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.models.dit import build_policy
+from spotlight.runtime import ActorRef, Runtime
+from tests.runtime.helpers import FAST, arun
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_stale_by_one_is_the_normal_cycle() -> None:
+    slot = WeightSlot()
+    assert slot.take() is None and slot.newest is None
+    for version in range(4):  # trainer publishes θ_k; the explorer moves to it between batches
+        assert slot.offer(version, {"v": version})
+        taken = slot.take()
+        assert taken is not None and taken[0] == version and slot.current == version
+    assert (slot.received, slot.applied, slot.superseded, slot.ignored) == (4, 4, 0, 0)
+
+
+def test_version_jump_keeps_only_the_newest() -> None:
+    slot = WeightSlot()
+    slot.offer(1, {"v": 1})
+    slot.take()
+    for version in (2, 3, 6):  # three versions while the explorer was busy sampling
+        assert slot.offer(version, {"v": version})
+    assert slot.newest == 6
+    taken = slot.take()
+    assert taken == (6, {"v": 6}) and slot.current == 6
+    assert slot.superseded == 2 and slot.take() is None
+
+
+def test_older_or_repeated_versions_are_ignored() -> None:
+    slot = WeightSlot()
+    slot.offer(5, {})
+    assert not slot.offer(5, {}) and not slot.offer(4, {})  # late delivery of an old version
+    slot.take()
+    assert not slot.offer(3, {})
+    assert slot.ignored == 3 and slot.current == 5
+    with pytest.raises(ValueError, match="version"):
+        slot.offer(-1, {})
+
+
+def test_settings_validate() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        ExploreSettings(mode="euler")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pull_batch"):
+        ExploreSettings(pull_batch=0)
+
+
+def _requests(tag: str, n: int, *, deadline: float | None) -> list[SampleRequest]:
+    return [
+        SampleRequest(
+            request_id=f"x/{tag}/{i}",
+            group_id=f"x/{tag}",
+            prompt="a red circle" if i % 2 else "two blue squares",
+            seed=100 + i,
+            num_steps=2,
+            deadline=deadline,
+            kind="explore",
+        )
+        for i in range(n)
+    ]
+
+
+async def _collect(sched: ActorRef, group_id: str) -> list[ExploreResult]:
+    for _ in range(120):
+        groups = await sched.collect.ask(wait_s=1.0, timeout=10.0)
+        for g in groups:
+            if g.group_id == group_id:
+                await sched.collect.ask(ack=[g.group_id], wait_s=0.0, timeout=10.0)
+                return list(g.results)
+    raise AssertionError(f"group {group_id} never completed")
+
+
+def test_explorer_samples_with_the_newest_version_and_skips_late_requests() -> None:
+    torch.manual_seed(0)
+    states = {v: build_policy("tiny", seed=v).state_dict() for v in (1, 2, 3)}
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            settings = ExploreSettings(pull_batch=8, micro_batch=8, idle_pull_s=0.05)
+            explorer = await rt.spawn(
+                ExplorerActor, name="e0", scheduler=sched, worker_id="e0", settings=settings
+            )
+            # Sends never wait on sampling: three versions in a burst, the newest wins.
+            t0 = time.perf_counter()
+            for v in (1, 2, 3):
+                await explorer.load_weights.tell(v, states[v])
+            assert time.perf_counter() - t0 < 5.0
+            await sched.submit.ask(_requests("live", 4, deadline=time.time() + 300))
+            results = await _collect(sched, "x/live")
+            assert [r.version for r in results] == [3, 3, 3, 3]
+            assert all(0.0 <= r.reward <= 1.0 and not r.skipped for r in results)
+            assert {(r.prompt, r.seed) for r in results} == {
+                (q.prompt, q.seed) for q in _requests("live", 4, deadline=None)
+            }
+            # A version older than the one in use is ignored; a newer one is used next.
+            await explorer.load_weights.tell(2, states[2])
+            await explorer.load_weights.tell(4, states[1])
+            await sched.submit.ask(_requests("next", 2, deadline=None))
+            assert {r.version for r in await _collect(sched, "x/next")} == {4}
+            # Past its deadline the planner has answered already: skipped, not sampled.
+            await sched.submit.ask(_requests("late", 2, deadline=time.time() - 1))
+            late = await _collect(sched, "x/late")
+            assert all(r.skipped and math.isnan(r.reward) for r in late)
+            stats = await explorer.statistics.ask()
+            assert stats.version == 4 and stats.versions_ignored == 1
+            assert stats.versions_superseded >= 1  # 1 and 2 were replaced before sampling
+            assert stats.seeds_explored == 6 and stats.seeds_skipped == 2
+            assert stats.seconds_per_seed is not None and stats.seconds_per_seed > 0
+
+    arun(body())
+
+
+def test_explorer_waits_for_weights_before_pulling() -> None:
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            explorer = await rt.spawn(ExplorerActor, name="e0", scheduler=sched, worker_id="e0")
+            await sched.submit.ask(_requests("w", 1, deadline=None))
+            await asyncio.sleep(0.3)  # give a (wrong) pull the chance to happen
+            assert (await sched.statistics.ask()).queue_depth == 1
+            assert (await explorer.statistics.ask()).version is None
+
+    arun(body())

@@ -1,0 +1,228 @@
+"""The planner: rounds within budget, the allocation a known case needs, never late, fallbacks.
+
+Pure :class:`BatchPlan` on synthetic reward distributions, then the actor in one runtime with
+a synthetic explorer (no torch) pulling from a real scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from spotlight.actors.bandit import BanditConfig, ExplorationBudget, best_group_variance
+from spotlight.actors.explorer import ExploreResult
+from spotlight.actors.planner import (
+    BatchPlan,
+    PlannerActor,
+    PlannerConfig,
+    SeedPlan,
+    flatten,
+    random_plan,
+    seeds_for_iteration,
+)
+from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
+from tests.runtime.helpers import FAST, arun
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _result(prompt: str, seed: int, reward: float, seconds: float = 1.0) -> ExploreResult:
+    return ExploreResult(
+        prompt=prompt, seed=seed, reward=reward, version=0, seconds=seconds, worker_id="w"
+    )
+
+
+def _plan(prompts: list[str], gpu_s: float, **kw: object) -> BatchPlan:
+    cfg = PlannerConfig(
+        bandit=BanditConfig(group_size=4, exploration_bonus=0.0, mc_draws=128), **kw
+    )  # type: ignore[arg-type]
+    return BatchPlan(
+        "b", prompts, cfg, budget=ExplorationBudget(gpu_s), seconds_per_seed=1.0, seed=0
+    )
+
+
+def test_first_round_is_uniform_and_every_round_stays_within_budget() -> None:
+    plan = _plan(["a", "b", "c"], gpu_s=20.0, initial_seeds=2)
+    first = plan.next_round(100.0)  # asks for more than the budget: capped by it
+    assert sorted(p for p, _ in first) == ["a", "a", "b", "b", "c", "c"]
+    rng = np.random.default_rng(0)
+    total = len(first)
+    for prompt, seed in first:
+        assert plan.observe(_result(prompt, seed, float(rng.random())))
+    while pairs := plan.next_round(plan.remaining_gpu_s() / 2 + 1):
+        total += len(pairs)
+        for prompt, seed in pairs:
+            plan.observe(_result(prompt, seed, float(rng.random())))
+    assert total * plan.seconds_per_seed <= 20.0
+    assert plan.planned_gpu_s <= 20.0
+    assert plan.next_round(100.0) == []
+
+
+def test_seeds_are_unique_per_prompt() -> None:
+    plan = _plan(["a"], gpu_s=50.0, initial_seeds=50)
+    seeds = [s for _, s in plan.next_round(50.0)]
+    assert len(seeds) == 50 and len(set(seeds)) == 50
+
+
+def test_known_best_allocation_goes_to_the_prompt_that_can_still_spread() -> None:
+    """'coin' already has the maximal best-group variance (0.25): more seeds cannot raise it.
+    'open' has two close rewards; all the budget must go there."""
+    plan = _plan(["coin", "open"], gpu_s=1000.0, initial_seeds=0)
+    plan.rounds = 1  # skip the uniform round: start from a known history
+    for s in range(16):
+        plan.in_flight.add(("coin", s))
+        plan.observe(_result("coin", s, float(s % 2)))
+    for s, r in ((0, 0.4), (1, 0.6)):
+        plan.in_flight.add(("open", s))
+        plan.observe(_result("open", s, r))
+    pairs = plan.next_round(6.0)
+    assert [p for p, _ in pairs] == ["open"] * 6
+
+
+def test_rare_success_prompt_gets_more_than_constant_prompt() -> None:
+    """Synthetic distributions: constant 0.3, Bernoulli(0.15), and uniform[0,1]."""
+    draws = {
+        "constant": lambda r: 0.3,
+        "rare": lambda r: float(r.random() < 0.15),
+        "uniform": lambda r: float(r.random()),
+    }
+    rng = np.random.default_rng(7)
+    plan = _plan(list(draws), gpu_s=60.0, initial_seeds=4)
+    spent = dict.fromkeys(draws, 0)
+    while pairs := plan.next_round(max(1.0, plan.remaining_gpu_s() / 2)):
+        for prompt, seed in pairs:
+            spent[prompt] += 1
+            plan.observe(_result(prompt, seed, draws[prompt](rng)))
+    assert spent["rare"] > spent["constant"]
+    answer = plan.answer()
+    assert answer.fallback_seeds == 0
+    rare = next(g for g in answer.groups if g.prompt == "rare")
+    explored = list(plan.bandit.explored("rare").values())
+    assert sum(explored) >= 1  # it found successes...
+    # ...and the group holds the best spread they allow (extremes, not the first four).
+    assert rare.explored_variance == pytest.approx(best_group_variance(explored, 4))
+    assert rare.explored_variance > 0.1
+
+
+def test_answer_pads_unexplored_prompts_with_counted_fallbacks() -> None:
+    plan = _plan(["a", "b"], gpu_s=10.0, initial_seeds=3)
+    pairs = plan.next_round(10.0)
+    for prompt, seed in pairs:
+        if prompt == "a":
+            plan.observe(_result(prompt, seed, 0.5))
+    answer = plan.answer()
+    assert [len(g.seeds) for g in answer.groups] == [4, 4]
+    assert answer.fallback_seeds == 1 + 4 and answer.fallback_prompts == 2
+    assert not plan.observe(_result("b", pairs[-1][1], 0.1))  # late: the batch is closed
+    prompts, seeds = flatten(answer)
+    assert prompts == ["a"] * 4 + ["b"] * 4 and len(set(seeds[:4])) == 4
+
+
+def test_random_plan_is_all_fallback() -> None:
+    plan = random_plan("b", ["x", "y"], 3, seed=1)
+    assert plan.fallback_seeds == 6 and plan.fallback_prompts == 2
+    assert flatten(plan)[0] == ["x"] * 3 + ["y"] * 3
+
+
+class SyntheticExplorer(Actor):
+    """Pulls explore requests and answers rewards from a per-prompt distribution (no torch)."""
+
+    def __init__(self, *, scheduler: ActorRef, rewards: dict[str, float]) -> None:
+        self.scheduler = scheduler
+        self.rewards = rewards
+        self.task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def on_stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    @endpoint
+    async def noop(self) -> None:
+        return None
+
+    async def _loop(self) -> None:
+        while True:
+            leases = await self.scheduler.pull.ask("syn", 32, timeout=10.0)
+            if not leases:
+                await asyncio.sleep(0.01)  # idle poll interval, as a real worker's
+                continue
+            for lease in leases:
+                req = lease.request
+                rng = np.random.default_rng(req.seed)
+                p = self.rewards[req.prompt]
+                res = _result(req.prompt, req.seed, float(rng.random() < p), seconds=0.01)
+                await self.scheduler.complete.ask(req.request_id, lease.token, res, timeout=10.0)
+
+
+async def _planner(rt: Runtime, **cfg: object) -> tuple[ActorRef, ActorRef]:
+    sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig(lease_ttl_s=30.0))
+    config = PlannerConfig(
+        bandit=BanditConfig(group_size=4, mc_draws=32, seconds_per_seed=0.01), **cfg
+    )  # type: ignore[arg-type]
+    planner = await rt.spawn(PlannerActor, name="planner", scheduler=sched, config=config)
+    return sched, planner
+
+
+def test_fallback_when_late_is_immediate_and_counted() -> None:
+    """No explorer at all: the batch is due in 60 s but the trainer asks now and gets
+    random seeds at once (every seed a fallback), counted in the statistics."""
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            _, planner = await _planner(rt, default_iteration_s=60.0)
+            await planner.set_spot_gpus.ask(2)
+            budget = await planner.plan.ask("b1", ["a", "b", "c"], time.time())
+            assert budget > 0
+            t0 = time.perf_counter()
+            answer: SeedPlan = await seeds_for_iteration(planner, "b1", ["a", "b", "c"], 4)
+            assert time.perf_counter() - t0 < 2.0  # one ask round trip, not the 60 s window
+            assert answer.fallback_seeds == 12 and answer.fallback_prompts == 3
+            # A batch the planner never heard of is all fallback too.
+            unknown = await seeds_for_iteration(planner, "zz", ["q"], 4)
+            assert unknown.fallback_seeds == 4
+            stats = await planner.statistics.ask()
+            assert stats.fallback_seeds == 16 and stats.batches_answered == 2
+
+    arun(body())
+
+
+def test_unreachable_planner_falls_back_locally() -> None:
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            ghost = rt.ref(rt.address, "no-such-planner")
+            answer = await seeds_for_iteration(ghost, "b", ["a"], 4, timeout=2.0)
+            assert answer.fallback_seeds == 4
+
+    arun(body())
+
+
+def test_rounds_reach_explorers_and_groups_use_explored_extremes() -> None:
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched, planner = await _planner(rt, default_iteration_s=30.0, initial_seeds=4)
+            rewards = {"rare": 0.2, "coin": 0.5, "never": 0.0}
+            await rt.spawn(SyntheticExplorer, name="syn", scheduler=sched, rewards=rewards)
+            await planner.set_spot_gpus.ask(1)
+            await planner.plan.ask("b1", list(rewards), time.time())
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # wait on the planner's own counters
+                stats = await planner.statistics.ask()
+                if stats.results >= 40 and stats.rounds >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            answer = await seeds_for_iteration(planner, "b1", list(rewards), 4)
+            by_prompt = {g.prompt: g for g in answer.groups}
+            assert answer.fallback_seeds == 0
+            assert by_prompt["coin"].explored_variance == pytest.approx(0.25)
+            assert by_prompt["never"].explored_variance == 0.0
+            stats = await planner.statistics.ask()
+            assert stats.requests_submitted * 0.01 <= answer.budget_gpu_s + 1e-9
+
+    arun(body())
