@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -126,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     json_mode = args.json or not sys.stdout.isatty()
+    stopped_by: list[int] = []
     try:
-        stats = asyncio.run(_replay(trace, args, json_mode))
-    except KeyboardInterrupt:
+        stats = asyncio.run(_replay(trace, args, json_mode, stopped_by))
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted: every node process was killed", file=sys.stderr)
-        return 130
+        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
     _summary(trace, stats, prices, args.gpus_per_node, json_mode)
     return 0
 
@@ -189,7 +191,25 @@ def _prices(args: argparse.Namespace) -> Prices:
     )
 
 
-async def _replay(trace: SpotTrace, args: argparse.Namespace, json_mode: bool) -> ReplayStats:
+async def _replay(
+    trace: SpotTrace, args: argparse.Namespace, json_mode: bool, stopped_by: list[int]
+) -> ReplayStats:
+    """Replays until the trace ends, or until SIGINT/SIGTERM cancel it (nodes are then killed).
+
+    The handlers are installed on the loop explicitly rather than relying on Python's
+    KeyboardInterrupt: a process started in the background by a shell inherits SIGINT as
+    ignored, and a supervisor stops us with SIGTERM; either way the nodes must not be orphaned.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def stop(signum: int) -> None:
+        stopped_by.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
     printer = _printer(json_mode)
     launcher: NodeLauncher
     if args.command is None:
