@@ -22,11 +22,13 @@ Why these settings (the defaults below; DESIGN.md's first attempt — lr 1e-4, c
   steps per rollout; the second minibatch is off-policy by one step, and the clip range 1e-2
   (100× the SD3 default, sized to the ratio moves we measured) bounds it — clip fractions
   are logged per iteration.
-- lr 1.5e-4 (grad-norm clip 1.0). Measured: lr 5e-4 with 2 inner epochs (4 Adam steps per
-  rollout) drove the train reward from 0.37-0.46 down to 0.09-0.2 within 7 iterations and
-  zero-variance groups up to 38% (the policy started drawing nothing): Adam's early steps
-  move every weight by ~lr whatever the gradient's noise, which a freshly pretrained tiny
-  model does not survive. 1e-4 (DESIGN.md's first attempt) was safe but slow.
+- lr 2e-5 (grad-norm clip 1.0). Measured on the real cached base (2,000 pretraining steps,
+  idle box, ~1.5 s per iteration): lr 1.5e-4 held the train reward at 0.44-0.48 for 6
+  iterations, then it fell to ~0.30 by iteration 9 and validation went 0.451 → 0.349 by
+  iteration 20 (collapse); lr 2e-5 stayed stable and moved validation 0.426 → 0.46-0.47 over
+  125 iterations (~4 min). On a micro base lr 5e-4 with 2 inner epochs collapsed within 7
+  iterations (zero-variance groups up to 38%): Adam's early steps move every weight by ~lr
+  whatever the gradient's noise, which a freshly pretrained tiny model does not survive.
 - SDE window on steps 0-1 only: the step that injects noise is the one trained, and 2 trained
   steps instead of 3 make an iteration cheaper on a shared CPU.
 """
@@ -77,7 +79,7 @@ def default_settings(*, budget_s: float, base: str | None, quick: bool) -> RunSe
         group_size=8,
         sampler=sampler,
         grpo=GrpoConfig(clip_range=1e-2),
-        lr=1.5e-4,
+        lr=2e-5,
         micro_batch=32,
         inner_epochs=1,
     )
