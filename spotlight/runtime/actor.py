@@ -308,7 +308,19 @@ class StreamCall(AsyncIterator[Any]):
     :meth:`_cancel` in the runtime.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        ref: ActorRef,
+        endpoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float,
+    ) -> None:
+        self.ref = ref
+        self.endpoint = endpoint
+        self.args = args
+        self.kwargs = kwargs
+        self.timeout = timeout
         self._started = False
         self._finished = False
 

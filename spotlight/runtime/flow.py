@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from spotlight.runtime.errors import Timeout
+
 __all__ = ["Credits"]
 
 
@@ -35,6 +37,14 @@ class Credits:
             self.available -= 1
             return True
         return False
+
+    async def acquire_within(self, seconds: float, what: str) -> None:
+        """:meth:`acquire` under a deadline: ``Timeout`` naming ``what`` when none frees up."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.acquire()
+        except TimeoutError:
+            raise Timeout(f"no send credit for {what} within {seconds}s") from None
 
     async def acquire(self) -> None:
         """Take one credit, waiting (FIFO) if none is left. The caller adds a deadline."""

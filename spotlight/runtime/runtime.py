@@ -471,24 +471,15 @@ class _LocalStream(StreamCall):
         kwargs: dict[str, Any],
         timeout: float,
     ) -> None:
-        super().__init__()
+        super().__init__(ref, endpoint, args, kwargs, timeout)
         self.rt = runtime
-        self.ref = ref
-        self.endpoint = endpoint
-        self.args = args
-        self.kwargs = kwargs
-        self.timeout = timeout
         self.sink = _LocalStreamSink(runtime.config.stream_window)
         self.env: Envelope | None = None
         self.credits = runtime._credits(ref.name)
         self.holding = False
 
     async def _start(self) -> None:
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self.credits.acquire()
-        except TimeoutError:
-            raise Timeout(f"no send credit for {self.ref}.{self.endpoint}") from None
+        await self.credits.acquire_within(self.timeout, f"{self.ref}.{self.endpoint}")
         self.holding = True
         try:
             self.env = self.rt.deliver(

@@ -289,12 +289,21 @@ class Transport(ServingSide):
         self, ref: ActorRef, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> bool:
         """Queue a tell at once if possible; ``False`` means: use :meth:`tell`."""
+        header = {"k": "tell", "a": ref.name, "g": ref.generation, "e": endpoint}
+        return self._send_nowait(ref, header, args, kwargs)
+
+    def _send_nowait(
+        self, ref: ActorRef, header: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool:
+        """The fast path of tell and ask: a free credit and a socket that takes the frames now.
+
+        ``False`` (nothing sent, credit returned) means the caller takes the waiting path.
+        """
         conn = self.conns.get(ref.address)
         credits = self.credits.get((ref.address, ref.name))
         if conn is None or credits is None or self.closed or not credits.try_acquire():
             return False
         try:
-            header = {"k": "tell", "a": ref.name, "g": ref.generation, "e": endpoint}
             frames = self._encode(header, [list(args), kwargs])
             sent = not conn.sock.closed and conn.sock.send_nowait(frames)
         except BaseException:
@@ -315,22 +324,11 @@ class Transport(ServingSide):
         deadline: float,
     ) -> Any:
         """An ask whose deadline is a loop timer; ``NOT_NOW`` means: use :meth:`ask`."""
-        conn = self.conns.get(ref.address)
-        credits = self.credits.get((ref.address, ref.name))
-        if conn is None or credits is None or self.closed or not credits.try_acquire():
-            return NOT_NOW
         cid = next(self._ids)
-        try:
-            header = {"k": "ask", "a": ref.name, "g": ref.generation, "e": endpoint, "c": cid}
-            frames = self._encode(header, [list(args), kwargs])
-            sent = not conn.sock.closed and conn.sock.send_nowait(frames)
-        except BaseException:
-            credits.release()
-            raise
-        if not sent:
-            credits.release()
+        header = {"k": "ask", "a": ref.name, "g": ref.generation, "e": endpoint, "c": cid}
+        if not self._send_nowait(ref, header, args, kwargs):
             return NOT_NOW
-        self._count_out(frames)
+        credits = self.credits[(ref.address, ref.name)]  # the fast send just took one of these
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self.pending[cid] = _Pending(ref.address, ref.name, credits, future=fut)
@@ -626,13 +624,8 @@ class _RemoteStream(StreamCall):
         kwargs: dict[str, Any],
         timeout: float,
     ) -> None:
-        super().__init__()
+        super().__init__(ref, endpoint, args, kwargs, timeout)
         self.t = transport
-        self.ref = ref
-        self.endpoint = endpoint
-        self.args = args
-        self.kwargs = kwargs
-        self.timeout = timeout
         self.cid = next(transport._ids)
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.unacked = 0
@@ -644,13 +637,7 @@ class _RemoteStream(StreamCall):
         frames = t._encode(header, [list(self.args), self.kwargs])
         conn = t._conn(ref.address)
         credits = t._credits(ref.address, ref.name)
-        try:
-            async with asyncio.timeout(self.timeout):
-                await credits.acquire()
-        except TimeoutError:
-            raise Timeout(
-                f"no send credit for {ref}.{self.endpoint} within {self.timeout}s"
-            ) from None
+        await credits.acquire_within(self.timeout, f"{ref}.{self.endpoint}")
         t.pending[self.cid] = _Pending(ref.address, ref.name, credits, queue=self.queue)
         await t._send(conn, frames)
 
