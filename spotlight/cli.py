@@ -23,7 +23,11 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "run": Command(
         "spotlight.commands.run",
-        "run the main job on this machine (runtime demo until the full system lands)",
+        "run the whole system: trainer, planner, explorers on a simulated spot pool, monitor",
+    ),
+    "demo": Command(
+        "spotlight.commands.demo",
+        "a live demo of the actor runtime: tensors around a ring of worker processes",
     ),
     "pretrain": Command(
         "spotlight.commands.pretrain", "pretrain the tiny base model by flow matching (cached)"

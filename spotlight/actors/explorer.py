@@ -6,13 +6,18 @@ iteration k; the planner then gives the trainer the seeds whose rewards spread t
 
 Map (one actor; two tasks it owns, both cancelled in ``on_stop``)::
 
-    trainer ──load_weights(version, state)──► endpoint: WeightSlot.offer (O(1), newest wins)
+    publisher ──weight_chunk(v, manifest, offset, chunk)──► WeightInbox ─┐ (complete version)
+    trainer ──load_weights(version, state)──► endpoint: WeightSlot.offer ◄┘ (newest wins)
                                                     │ (applied between batches)
     scheduler ◄──pull(worker_id, n)──── _loop task ─┴─asyncio.to_thread──► generate + reward
     scheduler ◄──complete(rid, token, ExploreResult)─┘    (one batched pass per pull)
     scheduler ◄──renew(worker_id)────── _heartbeat task (every heartbeat_s while holding)
     scheduler ──deliver_group(ExploreResult)──► planner (push, see scheduler.py)
 
+* ``weight_chunk`` (what :class:`~spotlight.actors.weight_publish.WeightPublisher` sends, one
+  ``tell`` per chunk) feeds a ``WeightInbox``; a version is offered to the slot once all its
+  chunks are in. Chunks of a version not newer than the one held are dropped unassembled.
+  ``load_weights`` (a whole state dict in one message) stays for tests and the bench.
 * ``load_weights`` only stores the newest version in a :class:`WeightSlot`; it never waits
   on sampling, so the trainer's ``tell`` returns at once. A version not newer than the one
   held or pending is ignored (counted); a jump of several versions simply replaces the
@@ -31,6 +36,17 @@ The explorer pulls through the :class:`ExploreSource` protocol: ``pull``/``compl
 has no kind filter yet, so explorers pull from a scheduler that queues only ``explore``
 requests (the planner submits there).
 
+Drain (preemption notice, ``drain(deadline)``): stop pulling; if a batch is being sampled and
+its estimated remaining time (seconds per seed x seeds) fits before ``deadline`` minus
+``drain_margin_s``, let it finish and complete; otherwise abandon it (its thread's result is
+discarded) and hand every lease back with ``scheduler.release`` so another explorer takes
+the seeds at once instead of after lease expiry. ``abandoned_steps`` in the report counts
+sample-steps (seeds x denoising steps) thrown away.
+
+Sampler: pass the trainer's :class:`SamplerConfig` as ``ExploreSettings.trainer_sampler`` so a
+seed means the same initial noise and the same SDE window (``sde_window``) as in the
+trainer's rollout; the request's ``num_steps`` still decides the step count.
+
 Shutdown: ``on_stop`` cancels both tasks; leases held at that moment expire in the scheduler
 and are re-leased (exploration results are idempotent by (prompt, seed, version)).
 """
@@ -43,13 +59,16 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from spotlight.actors.leases import Lease
+from spotlight.actors.rollout import DrainReport
+from spotlight.actors.weight_publish import WeightInbox
+from spotlight.actors.weight_share import WeightManifest
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy
 from spotlight.models.flow_grpo import decode, generate
 from spotlight.models.rewards import build_reward
@@ -59,18 +78,42 @@ from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
 
 __all__ = [
+    "DrainReport",
     "ExploreResult",
     "ExploreSettings",
     "ExplorerActor",
     "ExplorerStats",
     "WeightSlot",
     "explore_rewards",
+    "sampler_for_steps",
 ]
 
 log = logging.getLogger("spotlight.actors.explorer")
 
 _RETRYABLE = (PeerLost, Timeout, ActorStopped, TimeoutError, RemoteError)
 _MODES = ("sde", "ode")
+_DEFAULT_NOISE_LEVEL = 0.7
+
+# The trainer's sampler travels to spot nodes (coordinator answer, ExploreSettings).
+register_wire_type(SamplerConfig, name="spotlight.SamplerConfig")
+
+
+def sampler_for_steps(base: SamplerConfig, num_steps: int) -> SamplerConfig:
+    """``base`` with ``num_steps`` steps; the SDE window is scaled to the new step count.
+
+    With ``num_steps == base.num_steps`` this is ``base`` itself, so an explored seed has
+    exactly the trainer's noise. A cheaper exploration (fewer steps) keeps the initial noise
+    (a function of the seed alone) and puts the window over the same fraction of the
+    schedule, at least one step wide.
+    """
+    if num_steps == base.num_steps:
+        return base
+    window = base.sde_window
+    if window is not None:
+        start = min(num_steps - 1, (window[0] * num_steps) // base.num_steps)
+        stop = -((-window[1] * num_steps) // base.num_steps)  # ceil
+        window = (start, max(start + 1, min(num_steps, stop)))
+    return replace(base, num_steps=num_steps, sde_window=window)
 
 
 @register_wire_type(name="spotlight.ExploreSettings")
@@ -80,8 +123,13 @@ class ExploreSettings:
 
     mode: Literal["sde", "ode"] = "sde"
     """Sampler for exploration; ``ode`` is deterministic given the seed (see the bench)."""
-    noise_level: float = 0.7
-    """SDE noise level; should match the trainer's rollouts so a seed means the same noise."""
+    noise_level: float | None = None
+    """SDE noise level; None: ``trainer_sampler``'s, else 0.7. Must match the trainer's."""
+    trainer_sampler: SamplerConfig | None = None
+    """The trainer's rollout sampler (noise level, SDE window, shift): explored seeds then
+    mean the same noise as in the trainer's rollouts. Requests still set ``num_steps``."""
+    drain_margin_s: float = 0.5
+    """On a notice, time kept free before the deadline for the lease release and exit."""
     micro_batch: int = 32
     """Samples per forward pass."""
     pull_batch: int = 16
@@ -98,8 +146,20 @@ class ExploreSettings:
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ValueError(f"mode={self.mode!r}; valid: {_MODES}")
-        if not (math.isfinite(self.noise_level) and self.noise_level >= 0):
+        if self.noise_level is not None and not (
+            math.isfinite(self.noise_level) and self.noise_level >= 0
+        ):
             raise ValueError(f"noise_level={self.noise_level} must be finite and >= 0")
+        base = self.trainer_sampler
+        if base is not None and not isinstance(base, SamplerConfig):
+            raise ValueError(f"trainer_sampler must be a SamplerConfig, got {base!r}")
+        if base is not None and self.noise_level not in (None, base.noise_level):
+            raise ValueError(
+                f"noise_level={self.noise_level} contradicts trainer_sampler.noise_level="
+                f"{base.noise_level}; leave noise_level unset to use the trainer's"
+            )
+        if not (math.isfinite(self.drain_margin_s) and self.drain_margin_s >= 0):
+            raise ValueError(f"drain_margin_s={self.drain_margin_s} must be >= 0 seconds")
         for name in ("micro_batch", "pull_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -110,7 +170,11 @@ class ExploreSettings:
                 raise ValueError(f"{name}={value} must be a finite number of seconds > 0")
 
     def sampler(self, num_steps: int) -> SamplerConfig:
-        return SamplerConfig(num_steps=num_steps, noise_level=self.noise_level)
+        """The sampler for a request of ``num_steps`` steps (see :func:`sampler_for_steps`)."""
+        if self.trainer_sampler is not None:
+            return sampler_for_steps(self.trainer_sampler, num_steps)
+        noise = _DEFAULT_NOISE_LEVEL if self.noise_level is None else self.noise_level
+        return SamplerConfig(num_steps=num_steps, noise_level=noise)
 
 
 @register_wire_type(name="spotlight.ExploreResult")
@@ -149,6 +213,12 @@ class ExplorerStats:
     seconds_per_seed: float | None
     stale_results: int
     """Completions the scheduler refused (lease lost)."""
+    chunks_received: int = 0
+    """Weight chunks taken by ``weight_chunk`` (assembled into versions)."""
+    chunks_ignored: int = 0
+    """Chunks of a version not newer than the one held or pending (dropped unassembled)."""
+    draining: bool = False
+    """A ``drain`` started: this explorer pulls no more work."""
 
 
 class WeightSlot:
@@ -237,7 +307,10 @@ class ExplorerActor(Actor):
         model: DiTConfig | str = "tiny",
         settings: ExploreSettings | None = None,
         announce_to: ActorRef | None = None,
+        inbox: WeightInbox | None = None,
     ) -> None:
+        """``inbox``: the chunk assembler behind ``weight_chunk`` (default: a new
+        :class:`~spotlight.actors.weight_publish.WeightInbox`)."""
         self.scheduler = scheduler
         self.worker_id = worker_id
         self.model = model
@@ -250,7 +323,19 @@ class ExplorerActor(Actor):
         self._holding: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._sps: float | None = None
-        self._n = {"explored": 0, "skipped": 0, "batches": 0, "stale": 0}
+        self._n = {
+            "explored": 0,
+            "skipped": 0,
+            "batches": 0,
+            "stale": 0,
+            "chunks": 0,
+            "chunks_ignored": 0,
+        }
+        self._inbox = inbox if inbox is not None else WeightInbox()
+        self._draining = False
+        self._inflight: tuple[float, int, int] | None = None
+        """(perf_counter at start, seeds, num_steps) of the batch being sampled."""
+        self._drain_report: DrainReport | None = None
 
     async def on_start(self) -> None:
         self.policy = build_policy(self.model)  # weights come from load_weights
@@ -286,6 +371,82 @@ class ExplorerActor(Actor):
         return kept
 
     @endpoint
+    async def weight_chunk(
+        self, version: int, manifest: WeightManifest, offset: int, chunk: torch.Tensor
+    ) -> None:
+        """One chunk of weights ``version`` (the publisher ``tell``s one per chunk).
+
+        Chunks may repeat or come out of order; a version is offered to the slot when its
+        last chunk is in. A version not newer than what is held or pending is dropped at
+        once, so a late stream of an old version costs no copy.
+        """
+        newest = self.slot.newest
+        if newest is not None and version <= newest:
+            self._n["chunks_ignored"] += 1
+            return
+        self._n["chunks"] += 1
+        done = self._inbox.offer(version, manifest, offset, chunk)
+        if done is not None:
+            complete_version, state = done
+            if self.slot.offer(complete_version, state):
+                self._wake.set()
+
+    @endpoint
+    async def drain(self, deadline: float) -> DrainReport:
+        """Stop pulling; finish the batch being sampled only if it fits before ``deadline``
+        (``time.time()``) minus ``drain_margin_s``, else abandon it; release every lease.
+
+        Idempotent: a second call returns the first report.
+        """
+        if self._drain_report is not None:
+            return self._drain_report
+        started = time.time()
+        self._draining = True
+        self._wake.set()
+        margin = self.settings.drain_margin_s
+        budget = deadline - time.time() - margin
+        finished = False
+        abandoned = 0
+        loop_task = self._tasks[0] if self._tasks else None
+        if loop_task is not None and not loop_task.done():
+            inflight = self._inflight
+            fits = budget > 0
+            if inflight is not None:
+                t0, seeds, _steps = inflight
+                est = self._sps * seeds if self._sps is not None else math.inf
+                fits = est - (time.perf_counter() - t0) <= budget
+            if fits:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(loop_task), max(0.0, budget))
+                    finished = inflight is not None
+            if not loop_task.done():
+                inflight = self._inflight
+                if inflight is not None:
+                    abandoned = inflight[1] * inflight[2]
+                loop_task.cancel("drained: the running batch does not fit before the deadline")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
+        for task in self._tasks[1:]:
+            task.cancel("drained")
+        timeout = max(0.1, deadline - time.time() - margin / 2)
+        try:
+            released = await self.scheduler.release.ask(self.worker_id, None, timeout=timeout)
+        except _RETRYABLE as exc:
+            log.warning("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
+            released = -1
+        self._holding = set()
+        self._drain_report = DrainReport(
+            worker_id=self.worker_id,
+            released=released,
+            snapshots={},
+            finished_inflight=finished,
+            abandoned_steps=abandoned,
+            seconds=time.time() - started,
+        )
+        log.warning("explorer %s drained: %s", self.worker_id, self._drain_report)
+        return self._drain_report
+
+    @endpoint
     async def statistics(self) -> ExplorerStats:
         s = self.slot
         return ExplorerStats(
@@ -300,6 +461,9 @@ class ExplorerActor(Actor):
             batches=self._n["batches"],
             seconds_per_seed=self._sps,
             stale_results=self._n["stale"],
+            chunks_received=self._n["chunks"],
+            chunks_ignored=self._n["chunks_ignored"],
+            draining=self._draining,
         )
 
     # ------------------------------------------------------------------ internals
@@ -324,7 +488,7 @@ class ExplorerActor(Actor):
         log.info("explorer %s now at weight version %d", self.worker_id, version)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._draining:
             if self.slot.newest is None:
                 await self._wait_wake(self.settings.idle_pull_s * 10)
                 continue
@@ -336,6 +500,8 @@ class ExplorerActor(Actor):
             except _RETRYABLE as exc:
                 log.info("pull by %s failed (%r); retrying", self.worker_id, exc)
                 leases = []
+            if self._draining:  # a notice came during the pull: drain releases these leases
+                return
             if not leases:
                 await self._wait_wake(self.settings.idle_pull_s)
                 continue
@@ -361,18 +527,24 @@ class ExplorerActor(Actor):
         version = self.slot.current
         assert version is not None and self.policy is not None
         for num_steps, group in by_steps.items():
+            if self._draining:  # the rest are released by drain
+                return
             prompts = [lease.request.prompt for lease in group]
             seeds = [lease.request.seed for lease in group]
             t0 = time.perf_counter()
-            rewards = await asyncio.to_thread(
-                explore_rewards,
-                self.policy,
-                prompts,
-                seeds,
-                self._reward,
-                num_steps=num_steps,
-                settings=self.settings,
-            )
+            self._inflight = (t0, len(group), num_steps)
+            try:
+                rewards = await asyncio.to_thread(
+                    explore_rewards,
+                    self.policy,
+                    prompts,
+                    seeds,
+                    self._reward,
+                    num_steps=num_steps,
+                    settings=self.settings,
+                )
+            finally:
+                self._inflight = None
             per_seed = (time.perf_counter() - t0) / len(group)
             self._sps = per_seed if self._sps is None else 0.7 * self._sps + 0.3 * per_seed
             self._n["batches"] += 1
@@ -404,7 +576,7 @@ class ExplorerActor(Actor):
             self._n["stale"] += 1
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._draining:
             await asyncio.sleep(self.settings.heartbeat_s)  # a timer, not synchronisation
             if not self._holding:
                 continue

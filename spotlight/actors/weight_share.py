@@ -34,6 +34,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from spotlight.runtime.codec import register_extension, register_wire_type
+
 __all__ = [
     "ChunkAssembler",
     "CopyStats",
@@ -47,6 +49,7 @@ __all__ = [
     "manifest_of",
     "publish_to_shm",
     "remove_published_by",
+    "state_from_flat",
 ]
 
 SHM_DIR = Path("/dev/shm")
@@ -72,6 +75,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
+@register_wire_type(name="spotlight.TensorEntry")
 @dataclass(frozen=True, kw_only=True)
 class TensorEntry:
     """Where one tensor lives in the flat buffer."""
@@ -85,7 +89,8 @@ class TensorEntry:
 
 @dataclass(frozen=True, kw_only=True)
 class WeightManifest:
-    """Layout of a flat weight buffer; plain values so it travels as a message."""
+    """Layout of a flat weight buffer; plain values so it travels as a message (a codec
+    extension over :meth:`to_dict`, see ``_manifest_to_wire``)."""
 
     entries: tuple[TensorEntry, ...]
     total_bytes: int
@@ -117,6 +122,33 @@ class WeightManifest:
             node=str(data["node"]),
             version=int(data["version"]),
         )
+
+
+_WIRE_CACHE: dict[int, tuple[WeightManifest, dict[str, Any]]] = {}
+_WIRE_CACHE_SIZE = 8
+
+
+def _manifest_to_wire(manifest: WeightManifest) -> dict[str, Any]:
+    """The manifest as plain lists (msgpack packs them in C), cached per object.
+
+    Why not ``register_wire_type``: a streamed version sends the same manifest with every
+    chunk, and encoding it entry by entry as nested dataclasses costs ~1.9 ms per chunk for
+    the tiny policy's 155 tensors (measured), growing with the tensor count; the cached plain
+    form costs ~0.08 ms. The cache holds the object, so an ``id`` is never reused while cached.
+    """
+    hit = _WIRE_CACHE.get(id(manifest))
+    if hit is not None and hit[0] is manifest:
+        return hit[1]
+    wire = manifest.to_dict()
+    _WIRE_CACHE[id(manifest)] = (manifest, wire)
+    while len(_WIRE_CACHE) > _WIRE_CACHE_SIZE:
+        del _WIRE_CACHE[next(iter(_WIRE_CACHE))]
+    return wire
+
+
+register_extension(
+    WeightManifest, "spotlight.WeightManifest", _manifest_to_wire, WeightManifest.from_dict
+)
 
 
 @dataclass(frozen=True)
@@ -178,19 +210,53 @@ def _view(buf_U8: Tensor, e: TensorEntry) -> Tensor:
     return buf_U8[e.offset : e.offset + e.nbytes].view(_DTYPES[e.dtype]).view(e.shape)
 
 
-def _fill(buf_U8: Tensor, manifest: WeightManifest, tensors: dict[str, Tensor]) -> None:
+def _fill(
+    buf_U8: Tensor, manifest: WeightManifest, tensors: dict[str, Tensor], *, zero_gaps: bool
+) -> None:
+    """Copy ``tensors`` into their places in ``buf_U8`` (and zero the alignment padding
+    when asked, so the bytes, and a digest of them, are deterministic).
+
+    Contiguous CPU tensors go through numpy: one single-threaded memcpy each. torch's
+    ``copy_`` splits a large copy over its intra-op threads, which only contend on a busy
+    host (measured on the shared 2-core box: 100 MB in 0.13 s this way, 0.5-0.6 s with
+    ``copy_``). Anything else (GPU, strided) uses ``copy_``.
+    """
+    flat = buf_U8.numpy()
+    end = 0
     with torch.no_grad():
         for e in manifest.entries:
-            _view(buf_U8, e).copy_(tensors[e.key].detach().reshape(e.shape))
+            if zero_gaps and e.offset > end:
+                flat[end : e.offset] = 0
+            src = tensors[e.key].detach()
+            if src.device.type == "cpu" and src.is_contiguous() and e.nbytes:
+                flat[e.offset : e.offset + e.nbytes] = src.reshape(-1).view(torch.uint8).numpy()
+            else:
+                _view(buf_U8, e).copy_(src.reshape(e.shape))
+            end = e.offset + e.nbytes
+        if zero_gaps:
+            flat[end:] = 0
 
 
 def flat_bytes(module_or_state: nn.Module | Mapping[str, Tensor]) -> tuple[WeightManifest, Tensor]:
     """The manifest and a new flat uint8 buffer holding the tensors (for the runtime path)."""
     tensors = _tensors(module_or_state)
     manifest = manifest_of(tensors)
-    buf = torch.zeros(manifest.total_bytes, dtype=torch.uint8)
-    _fill(buf, manifest, tensors)
+    buf = torch.empty(manifest.total_bytes, dtype=torch.uint8)
+    _fill(buf, manifest, tensors, zero_gaps=True)
     return manifest, buf
+
+
+def state_from_flat(manifest: WeightManifest, buf_U8: Tensor) -> dict[str, Tensor]:
+    """The tensors of a flat buffer as a ``state_dict`` of views into it (no copy).
+
+    The views share ``buf_U8``'s memory: hand the buffer over (do not reuse it) or clone.
+    """
+    if buf_U8.dtype != torch.uint8 or buf_U8.numel() < manifest.total_bytes:
+        raise ValueError(
+            f"flat buffer must be uint8 with at least {manifest.total_bytes} bytes, got "
+            f"{buf_U8.dtype} with {buf_U8.numel()}"
+        )
+    return {e.key: _view(buf_U8, e) for e in manifest.entries}
 
 
 def load_flat(
@@ -248,7 +314,7 @@ def publish_to_shm(
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     size = max(layout.total_bytes, 1)
     buf = torch.from_file(str(tmp), shared=True, size=size, dtype=torch.uint8)
-    _fill(buf, layout, tensors)
+    _fill(buf, layout, tensors, zero_gaps=False)  # a new file reads as zeros
     os.replace(tmp, path)  # joiners never see a half-written file
     manifest = WeightManifest(
         entries=layout.entries,

@@ -23,22 +23,26 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spotlight.models.batches import (  # noqa: F401  (re-exported: scripts import them here)
+    VAL_SEED_OFFSET,
+    iteration_prompts,
+    iteration_seeds,
+    validation_set,
+)
+from spotlight.models.curves import plot_curve
+
 if TYPE_CHECKING:
     from spotlight.models.flow_grpo import FlowGrpoConfig
 
 # torch and the models are imported inside the functions that need them so that
 # `spotlight train --help` stays instant (cli.py imports this module for the parser).
-
-VAL_SEED_OFFSET = 10**12
-"""Validation seeds are offset far from training seeds so a held-out score never reuses a
-training seed's noise."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,43 +97,6 @@ class RunSettings:
         return cls(algo=config, **rest)
 
 
-def iteration_prompts(
-    train_by_kind: dict[str, list[str]], run_seed: int, iteration: int, count: int
-) -> list[str]:
-    """``count`` distinct-draw prompts for ``iteration``: a kind uniformly, then a caption.
-
-    Kind-balanced like the validation set, so RL does not spend 80% of its samples on
-    position captions (the most numerous kind of the grammar).
-    """
-    rng = np.random.default_rng([run_seed, iteration, 1])
-    kinds = sorted(k for k, v in train_by_kind.items() if v)
-    out = []
-    for _ in range(count):
-        kind = kinds[int(rng.integers(len(kinds)))]
-        out.append(train_by_kind[kind][int(rng.integers(len(train_by_kind[kind])))])
-    return out
-
-
-def iteration_seeds(run_seed: int, iteration: int, count: int) -> list[int]:
-    """Distinct seeds for every (run, iteration, sample) (up to 4096 samples an iteration)."""
-    if count > 4096:
-        raise ValueError(f"at most 4096 samples per iteration, got {count}")
-    return [(run_seed * 1_000_003 + iteration) * 4096 + i for i in range(count)]
-
-
-def validation_set(
-    held_out: Sequence[str], per_kind: int, n_seeds: int
-) -> tuple[list[str], list[int]]:
-    """A fixed stratified subset of held-out prompts and the fixed validation seeds."""
-    from spotlight.models.scenes import KINDS, prompt_kind_of
-
-    by_kind: dict[str, list[str]] = {k: [] for k in KINDS}
-    for p in held_out:
-        by_kind[prompt_kind_of(p)].append(p)
-    prompts = [p for k in KINDS for p in by_kind[k][:per_kind]]
-    return prompts, [VAL_SEED_OFFSET + i for i in range(n_seeds)]
-
-
 class _Log:
     """metrics.jsonl writer; on resume drops lines past the checkpoint (they will be redone)."""
 
@@ -147,41 +114,6 @@ class _Log:
         self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def plot_curve(records: Sequence[dict[str, Any]], out: Path) -> None:
-    """Train reward (per iteration) and validation score (± spread) against iteration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    its = [r for r in records if r["kind"] == "iteration"]
-    vals = [r for r in records if r["kind"] == "validation"]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    if its:
-        ax.plot(
-            [r["iteration"] for r in its],
-            [r["reward_mean"] for r in its],
-            lw=0.8,
-            alpha=0.6,
-            label="train reward (SDE)",
-        )
-    if vals:
-        x = [r["iteration"] for r in vals]
-        y = np.array([r["val_score"] for r in vals])
-        s = np.array([r["val_spread"] for r in vals])
-        ax.plot(x, y, "o-", color="C3", label="validation score (ODE, held-out)")
-        ax.fill_between(x, y - s, y + s, color="C3", alpha=0.15)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("reward")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
 
 
 def _save(
@@ -266,20 +198,26 @@ def train_local(
     algo = settings.algo
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint"
+    if settings.base is not None:
+        base = Path(settings.base)
+    else:
+        from spotlight.models.base import ensure_base
+
+        base = ensure_base(progress=progress)
     if resume:
         if not (ckpt / "state.json").is_file():
             raise ValueError(f"--resume {run_dir}: no checkpoint/state.json there to resume from")
         policy, _ = load_checkpoint(ckpt)
         start = int(json.loads((ckpt / "state.json").read_text())["iteration"])
     else:
-        if settings.base is not None:
-            base = Path(settings.base)
-        else:
-            from spotlight.models.base import ensure_base
-
-            base = ensure_base(progress=progress)
         policy, _ = load_checkpoint(base)
         start = 0
+    # The KL anchor is the base itself (not the resumed weights), so a resumed run pulls
+    # towards the same reference as the uninterrupted one.
+    ref_policy = None
+    if algo.grpo.kl_beta > 0:
+        ref_policy, _ = load_checkpoint(base)
+        ref_policy.requires_grad_(False)
     (run_dir / "run.json").write_text(json.dumps(settings.to_json(), indent=2) + "\n")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=algo.lr, weight_decay=algo.weight_decay)
     if resume:
@@ -326,6 +264,7 @@ def train_local(
                 reward_fn,
                 algo,
                 shuffle_seed=settings.seed * 7919 + it,
+                ref_policy=ref_policy,
             )
             it += 1
             log.write(
@@ -404,19 +343,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompts-per-iter", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--num-steps", type=int, default=8, help="denoising steps")
-    parser.add_argument("--noise-level", type=float, default=0.9, help="Flow-GRPO noise level a")
+    parser.add_argument("--num-steps", type=int, default=6, help="denoising steps")
+    parser.add_argument("--noise-level", type=float, default=1.0, help="Flow-GRPO noise level a")
     parser.add_argument(
-        "--sde-window", type=str, default="0:3", help="'start:stop' SDE steps, or 'all'"
+        "--sde-window", type=str, default="0:2", help="'start:stop' SDE steps, or 'all'"
     )
     parser.add_argument("--shift", type=float, default=1.0)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--clip-range", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--clip-range", type=float, default=1e-2)
     parser.add_argument("--kl-beta", type=float, default=0.0)
     parser.add_argument("--inner-epochs", type=int, default=1)
-    parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--chunks-per-update", type=int, default=1)
     parser.add_argument("--val-every", type=int, default=10)
+    parser.add_argument(
+        "--val-per-kind", type=int, default=6, help="held-out validation prompts per caption kind"
+    )
     parser.add_argument("--val-seeds", type=int, default=8)
     parser.add_argument("--ckpt-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -456,15 +398,12 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         micro_batch=args.micro_batch,
         chunks_per_update=args.chunks_per_update,
     )
-    if args.kl_beta > 0:
-        raise ValueError(
-            "--kl-beta > 0 needs a reference policy, which the local trainer does not load yet; use 0"
-        )
     return RunSettings(
         algo=algo,
         iterations=args.iterations if args.iterations is not None else 100,
         time_budget_s=args.time_budget,
         val_every=args.val_every,
+        val_per_kind=args.val_per_kind,
         val_seeds=args.val_seeds,
         ckpt_every=args.ckpt_every,
         seed=args.seed,

@@ -13,7 +13,7 @@ One iteration (``flow_grpo_iteration``)::
         ▼
     for each inner epoch, for each chunk (the SAME chunks as the rollout), for each SDE step:
         re-evaluate the step's Gaussian with gradients → grpo_loss → backward
-        (optimizer step every ``chunks_per_update`` chunks)
+        (every ``chunks_per_update`` chunks: grad_sync if data parallel → clip → optimizer step)
 
 Why the same chunks: the first pass must reproduce the recorded log-probs bit for bit
 (ratio == 1 exactly). A different batch composition or dtype changes the matmul blocking and
@@ -61,6 +61,10 @@ from spotlight.models.sampler import (
 
 RewardFn = Callable[[np.ndarray, list[str]], np.ndarray]
 """``reward_fn(images_uint8_BHWC, prompts) -> float32 [B]`` in [0, 1]."""
+
+GradSync = Callable[[list[Tensor]], None]
+"""``grad_sync(grads)``: makes the accumulated gradients (parameter order) the global ones,
+in place, before clipping and the optimizer step (e.g. a data-parallel all-reduce)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,12 +293,18 @@ def train_on_rollout(
     *,
     shuffle_seed: int = 0,
     ref_policy: DiTPolicy | None = None,
+    grad_sync: GradSync | None = None,
 ) -> tuple[LossDiagnostics, float, float, int]:
     """The clipped GRPO update(s) on one rollout batch.
 
     Returns (diagnostics averaged over evaluations, max |ratio − 1| of the first pass, mean
     gradient norm, optimizer steps). Gradients are accumulated as the mean over the samples
     and SDE steps of each update, so the scale does not depend on ``micro_batch``.
+
+    ``grad_sync`` (data parallelism) is called once per update with the accumulated
+    gradients, in parameter order, after the last backward and BEFORE clipping and the
+    optimizer step, so both see the synchronised gradient; it must modify them in place.
+    The caller owns the collective (models never import torch.distributed users).
     """
     steps = config.sampler.sde_steps()
     policy.train()
@@ -338,6 +348,8 @@ def train_on_rollout(
                         dev = (torch.exp(new_logp.detach() - old_logp) - 1).abs().max()
                         first_dev = max(first_dev, float(dev))
             params = [p for p in policy.parameters() if p.grad is not None]
+            if grad_sync is not None:
+                grad_sync([p.grad for p in params if p.grad is not None])
             norm = torch.nn.utils.clip_grad_norm_(
                 params, config.max_grad_norm if config.max_grad_norm is not None else float("inf")
             )
@@ -357,9 +369,11 @@ def flow_grpo_iteration(
     *,
     shuffle_seed: int = 0,
     ref_policy: DiTPolicy | None = None,
+    grad_sync: GradSync | None = None,
 ) -> tuple[IterationStats, Rollout]:
     """Rollout → rewards → advantages → clipped update. ``prompts`` has one entry per sample
-    (each prompt repeated ``group_size`` times), ``seeds`` one seed per sample."""
+    (each prompt repeated ``group_size`` times), ``seeds`` one seed per sample. ``grad_sync``:
+    see ``train_on_rollout`` (the data-parallel trainer uses it with its own sharding)."""
     if len(prompts) != config.batch_size or len(seeds) != config.batch_size:
         raise ValueError(
             f"expected {config.batch_size} (prompt, seed) pairs "
@@ -379,6 +393,7 @@ def flow_grpo_iteration(
         config,
         shuffle_seed=shuffle_seed,
         ref_policy=ref_policy,
+        grad_sync=grad_sync,
     )
     train_s = time.perf_counter() - t_train
     stats = IterationStats(

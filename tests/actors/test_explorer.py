@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from spotlight.actors.explorer import ExplorerActor, ExploreResult, ExploreSettings, WeightSlot
+from spotlight.actors.explorer import (
+    ExplorerActor,
+    ExploreResult,
+    ExploreSettings,
+    WeightSlot,
+    sampler_for_steps,
+)
 from spotlight.actors.leases import SampleRequest
 from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.weight_publish import WeightPublisher
 from spotlight.models.dit import build_policy
+from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import ActorRef, Runtime
 from tests.runtime.helpers import FAST, arun
 
@@ -134,5 +144,153 @@ def test_explorer_waits_for_weights_before_pulling() -> None:
             await asyncio.sleep(0.3)  # give a (wrong) pull the chance to happen
             assert (await sched.statistics.ask()).queue_depth == 1
             assert (await explorer.statistics.ask()).version is None
+
+    arun(body())
+
+
+# ---------------------------------------------------------------- sampler, chunks, drain
+
+
+def test_trainer_sampler_is_used_and_its_window_scales_with_the_steps() -> None:
+    base = SamplerConfig(num_steps=10, noise_level=0.5, sde_window=(2, 6), shift=3.0)
+    settings = ExploreSettings(trainer_sampler=base)
+    assert settings.sampler(10) == base  # same steps: exactly the trainer's noise
+    cheap = settings.sampler(5)
+    assert (cheap.num_steps, cheap.noise_level, cheap.shift) == (5, 0.5, 3.0)
+    assert cheap.sde_window == (1, 3)
+    assert sampler_for_steps(SamplerConfig(num_steps=10, sde_window=(9, 10)), 2).sde_window == (
+        1,
+        2,
+    )
+    assert ExploreSettings().sampler(4) == SamplerConfig(num_steps=4, noise_level=0.7)
+    assert ExploreSettings(noise_level=0.3).sampler(4).noise_level == 0.3
+    with pytest.raises(ValueError, match="contradicts"):
+        ExploreSettings(noise_level=0.3, trainer_sampler=base)
+
+
+class GatedExplorer(ExplorerActor):
+    """An explorer whose reward blocks, so a test knows a batch is in flight.
+
+    ``gate="hold"``: every batch waits for ``release`` (set by the test's cleanup).
+    ``gate="until_drain"``: the first batch passes (it measures seconds per seed); later
+    ones finish only once ``drain`` has started.
+    """
+
+    def __init__(self, *, gate: str, started: threading.Event, release: threading.Event,
+                 **kwargs: object) -> None:  # fmt: skip
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.gate, self.started, self.release = gate, started, release
+
+    async def on_start(self) -> None:
+        await super().on_start()
+
+        def reward(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+            if self.gate == "hold" or self._n["batches"] > 0:
+                self.started.set()
+                while not (self.release.is_set() or (self.gate != "hold" and self._draining)):
+                    self.release.wait(0.01)
+            return np.zeros(len(prompts))
+
+        self._reward = reward
+
+
+def test_drain_abandons_a_batch_that_does_not_fit_and_releases_its_leases() -> None:
+    started, release = threading.Event(), threading.Event()
+    state = build_policy("tiny", seed=1).state_dict()
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            settings = ExploreSettings(pull_batch=4, micro_batch=4, idle_pull_s=0.05)
+            explorer = await rt.spawn(
+                GatedExplorer, name="e0", scheduler=sched, worker_id="e0", settings=settings,
+                gate="hold", started=started, release=release,
+            )  # fmt: skip
+            await explorer.load_weights.tell(1, state)
+            await sched.submit.ask(_requests("d", 4, deadline=None))
+            assert await asyncio.to_thread(started.wait, 60.0)
+            report = await explorer.drain.ask(time.time() + 0.2)
+            assert report.released == 4 and not report.finished_inflight
+            assert report.abandoned_steps == 4 * 2  # 4 seeds x 2 steps thrown away
+            stats = await sched.statistics.ask()
+            assert stats.queue_depth == 4 and stats.active_leases == 0  # back for others at once
+            assert (await explorer.drain.ask(time.time())) == report  # idempotent
+            st = await explorer.statistics.ask()
+            assert st.draining and st.seeds_explored == 0
+
+    async def guarded() -> None:
+        try:
+            await body()
+        finally:
+            release.set()  # before the loop closes: it joins the abandoned sampling thread
+
+    arun(guarded())
+
+
+def test_drain_lets_a_batch_that_fits_finish_and_complete() -> None:
+    started, release = threading.Event(), threading.Event()
+    state = build_policy("tiny", seed=1).state_dict()
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            settings = ExploreSettings(pull_batch=4, micro_batch=4, idle_pull_s=0.05)
+            explorer = await rt.spawn(
+                GatedExplorer, name="e0", scheduler=sched, worker_id="e0", settings=settings,
+                gate="until_drain", started=started, release=release,
+            )  # fmt: skip
+            await explorer.load_weights.tell(1, state)
+            await sched.submit.ask(_requests("a", 4, deadline=None))
+            await _collect(sched, "x/a")  # first batch: seconds per seed measured
+            await sched.submit.ask(_requests("b", 4, deadline=None))
+            assert await asyncio.to_thread(started.wait, 60.0)
+            report = await explorer.drain.ask(time.time() + 120.0)
+            assert report.finished_inflight and report.abandoned_steps == 0
+            assert report.released == 0  # everything it held was completed
+            results = await _collect(sched, "x/b")
+            assert len(results) == 4 and all(r.version == 1 for r in results)
+
+    async def guarded() -> None:
+        try:
+            await body()
+        finally:
+            release.set()  # before the loop closes: it joins the sampling thread
+
+    arun(guarded())
+
+
+def test_weight_chunks_from_the_publisher_become_the_explorers_weights() -> None:
+    states = {v: build_policy("tiny", seed=10 + v).state_dict() for v in (1, 2)}
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt, Runtime(FAST) as node_rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            settings = ExploreSettings(pull_batch=4, micro_batch=4, idle_pull_s=0.05)
+            await node_rt.spawn(
+                ExplorerActor,
+                name="e0",
+                scheduler=node_rt.ref(rt.address, "xs"),
+                worker_id="e0",
+                settings=settings,
+            )
+            publisher = WeightPublisher(chunk_bytes=256 << 10)
+            publisher.subscribe("e0", rt.ref(node_rt.address, "e0"))  # over the wire
+            publisher.publish(1, states[1])
+            publisher.publish(2, states[2])  # may supersede 1 mid-stream: 2 must win
+            await sched.submit.ask(_requests("w", 2, deadline=None))
+            results = await _collect(sched, "x/w")
+            explorer_ref = rt.ref(node_rt.address, "e0")
+            st = await explorer_ref.statistics.ask()
+            if results[0].version == 1:  # sampled before version 2 was complete: next batch
+                await sched.submit.ask(_requests("w2", 2, deadline=None))
+                results = await _collect(sched, "x/w2")
+                st = await explorer_ref.statistics.ask()
+            assert {r.version for r in results} == {2} and st.version == 2
+            assert st.chunks_received > 1
+            instance = node_rt.cells["e0"].instance
+            assert isinstance(instance, ExplorerActor) and instance.policy is not None
+            got = instance.policy.state_dict()
+            assert all(torch.equal(got[k], states[2][k]) for k in states[2])
+            await publisher.close()
 
     arun(body())

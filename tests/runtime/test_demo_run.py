@@ -1,4 +1,4 @@
-"""`spotlight run` (the runtime demo) finishes, checks its own traffic, and leaves no process."""
+"""`spotlight demo` (the runtime demo) finishes, checks its own traffic, and leaves no process."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def _kill_all(pids: list[int]) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_spotlight_run_exits_cleanly_and_leaves_no_processes() -> None:
+def test_spotlight_demo_exits_cleanly_and_leaves_no_processes() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spotlight.cli", "run", "--duration", "3"],
+        [sys.executable, "-m", "spotlight.cli", "demo", "--duration", "3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -64,6 +64,6 @@ def test_bad_arguments_fail_before_starting_anything() -> None:
     from spotlight.cli import main
 
     t0 = time.monotonic()
-    assert main(["run", "--workers", "1"]) == 2
-    assert main(["run", "--duration", "0"]) == 2
+    assert main(["demo", "--workers", "1"]) == 2
+    assert main(["demo", "--duration", "0"]) == 2
     assert time.monotonic() - t0 < 5

@@ -1,0 +1,296 @@
+"""`spotlight run`: the config tree (files, overrides, errors) and an end-to-end smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spotlight.system_config import (
+    ConfigError,
+    SystemConfig,
+    apply_overrides,
+    load_config,
+    read_file,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_default_config_loads_and_matches_the_built_in_defaults() -> None:
+    cfg = load_config(REPO / "configs" / "default.yaml")
+    assert cfg == SystemConfig()
+    assert cfg.spot.trace_path().is_file()
+    assert cfg.trainer.algo().batch_size == 64
+    # the default pool plays the 1 h trace in about 10 minutes
+    assert 500 <= 3600 / cfg.spot.time_scale <= 700
+
+
+def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "trainer:\n  lr: 1.0e-4\n  seeds: random\nrun:\n  iterations: 3\n"
+    )
+    (tmp_path / "c.toml").write_text(
+        '[trainer]\nlr = 1e-4\nseeds = "random"\n[run]\niterations = 3\n'
+    )
+    a = load_config(tmp_path / "c.yaml")
+    b = load_config(tmp_path / "c.toml")
+    assert a == b and a.trainer.lr == 1e-4 and a.trainer.seeds == "random"
+    c = load_config(
+        tmp_path / "c.yaml",
+        flags={"run.iterations": 5, "spot.enabled": False},
+        overrides=["run.iterations=7", "trainer.lr=2e-5", "trainer.sde_window=all"],
+    )
+    assert c.run.iterations == 7 and not c.spot.enabled and c.trainer.lr == 2e-5
+    assert c.trainer.window() is None
+    d = apply_overrides(
+        c, ["run.time_budget_s=none", "spot.enabled=yes", "prices.preset=gcp-a3-high-2026"]
+    )
+    assert d.run.time_budget_s is None and d.spot.enabled
+    assert d.prices.build().spot_usd_per_gpu_hour == 2.25
+    e = apply_overrides(d, ["prices.spot_usd_per_gpu_hour=1.5"])
+    assert e.prices.build().spot_usd_per_gpu_hour == 1.5 and "overridden" in e.prices.build().name
+    # frozen, and the dict form round-trips (what config.json stores for --resume)
+    with pytest.raises(AttributeError):
+        e.run.iterations = 1  # type: ignore[misc]
+    assert SystemConfig.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.lrr=1"], r"unknown config key 'trainer.lrr'.*valid keys of 'trainer': seeds"),
+        (["nope.x=1"], r"unknown config section 'nope'.*valid sections: run, trainer"),
+        (["trainer.lr"], r"expected section.key=value"),
+        (["lr=1"], r"one dot"),
+        (["trainer.lr=fast"], r"trainer.lr='fast' is not a valid float"),
+        (["trainer.seeds=some"], r"trainer.seeds='some'; valid: random, explored"),
+        (["run.iterations=0"], r"run.iterations must be an integer >= 1"),
+        (["trainer.sde_window=3"], r"start:stop"),
+        (["trainer.group_size=1"], r"group_size"),
+        (["prices.preset=cheap"], r"unknown price preset 'cheap'; valid presets"),
+        (["spot.time_scale=-1"], r"spot.time_scale must be a finite number > 0"),
+    ],
+)
+def test_bad_settings_name_the_key_and_the_valid_choices(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("trainer:\n  learning_rate: 1\n")
+    with pytest.raises(ConfigError, match=r"'trainer.learning_rate'.*valid keys: seeds"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "top.yaml").write_text("trainr:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match=r"'trainr' in the top level; valid keys: run, trainer"):
+        load_config(tmp_path / "top.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        read_file(tmp_path / "list.yaml")
+    (tmp_path / "x.ini").write_text("")
+    with pytest.raises(ConfigError, match="unknown format"):
+        read_file(tmp_path / "x.ini")
+    with pytest.raises(ConfigError, match="no such file"):
+        read_file(tmp_path / "missing.yaml")
+    (tmp_path / "broken.toml").write_text("[trainer\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
+        read_file(tmp_path / "broken.toml")
+    (tmp_path / "typed.yaml").write_text("run:\n  iterations: many\n")
+    with pytest.raises(ConfigError, match=r"run\.iterations='many' is not a valid int"):
+        load_config(tmp_path / "typed.yaml")
+    with pytest.raises(ConfigError, match=r"spot\.trace='nowhere\.csv': no such file"):
+        load_config(overrides=["spot.trace=nowhere.csv"]).spot.trace_path()
+
+
+def test_cli_errors_exit_2_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spotlight.cli import main
+
+    assert main(["run", "--set", "trainer.lrr=1"]) == 2
+    assert "valid keys" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert main(["run", "--set", "spot.trace=nowhere.csv"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_help_explains_every_option() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "spotlight.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for flag in (
+        "--config",
+        "--set",
+        "--run-dir",
+        "--resume",
+        "--iterations",
+        "--no-spot",
+        "--no-live",
+    ):
+        assert flag in out
+    assert "report.json" in out and "spotlight monitor --attach" in out
+
+
+@pytest.fixture(scope="module")
+def micro_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
+    from spotlight.models.dit import DiTConfig, build_policy
+
+    micro = DiTConfig(
+        name="micro",
+        image_size=8,
+        channels=3,
+        patch=2,
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        joint_attention_dim=32,
+        axes_dims_rope=(4, 6, 6),
+        text_max_tokens=16,
+        text_encoder_layers=1,
+        text_encoder_heads=2,
+    )
+    path = tmp_path_factory.mktemp("base") / "micro"
+    save_checkpoint(build_policy(micro, seed=2), path, CheckpointCard(config=micro, steps=0))
+    return path
+
+
+def _spotlight_run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "spotlight.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+
+
+SMALL = [
+    "--set", "trainer.prompts_per_iter=2",
+    "--set", "trainer.group_size=2",
+    "--set", "trainer.num_steps=3",
+    "--set", "trainer.sde_window=0:2",
+    "--set", "trainer.micro_batch=4",
+    "--set", "trainer.val_per_kind=1",
+    "--set", "trainer.val_seeds=2",
+    "--set", "run.val_every=2",
+    "--set", "run.ckpt_every=1",
+]  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_spotlight_run_no_spot_end_to_end_and_resume(micro_base: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _spotlight_run(
+        ["--no-spot", "--iterations", "2", "--run-dir", str(run_dir),
+         "--set", f"trainer.base={micro_base}", *SMALL],
+        timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert lines[0]["event"] == "start" and lines[0]["address"].startswith("tcp://127.0.0.1:")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert lines[-1]["event"] == "report" and lines[-1]["iterations"] == 2
+    assert report["iterations"] == 2 and report["ok"] and not report["spot"]["enabled"]
+    assert report["exploration"]["seeds"] == "explored"
+    # no explorers: every seed of the 2 iterations x 2 prompts x 2 seeds is a fallback
+    assert report["exploration"]["fallback_seeds"] == 8
+    cost = report["cost"]
+    assert cost["this_run"]["spot_gpu_hours"] == 0 and cost["this_run"]["ondemand_gpu_hours"] > 0
+    assert cost["saving_fraction"] == pytest.approx(0.0)
+    assert [v["iteration"] for v in report["validations"]] == [0, 2]
+    for name in ("curve.png", "metrics.jsonl", "plans.jsonl", "config.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    topics = {json.loads(x)["topic"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()}
+    assert {"trainer", "validation", "exploration"} <= topics
+    # resume, then Ctrl-C: continues from the checkpoint, stops after an iteration with a
+    # checkpoint of its own, and every iteration it did has its plan recorded
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spotlight.cli", "run", "--json", "--resume", str(run_dir),
+         "--iterations", "500", "--set", "run.ckpt_every=1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:  # live JSON states: wait until the trainer has iterated
+            rec = json.loads(line)
+            if rec.get("event") == "state" and "trainer" in rec.get("latest", {}):
+                break
+        else:
+            pytest.fail(f"no trainer state before exit: {proc.stderr.read()[-2000:]}")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=100)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopping after this iteration" in err
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["start_iteration"] == 2 and 3 <= report["iterations"] < 500
+    assert report["interrupted"] and report["stopped_early"]
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["iteration"] == report["iterations"]  # checkpointed on the way out
+    plans = (run_dir / "plans.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in plans] == list(range(report["iterations"]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie nobody reaped is not a running process
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_spotlight_run_with_the_spot_pool(tmp_path: Path) -> None:
+    """The whole system: spot node processes from a trace, explored seeds, preemptions."""
+    from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
+    from spotlight.models.dit import build_policy, get_config
+
+    base = tmp_path / "tiny"
+    save_checkpoint(
+        build_policy("tiny", seed=1), base, CheckpointCard(config=get_config("tiny"), steps=0)
+    )
+    run_dir = tmp_path / "run"
+    proc = _spotlight_run(
+        ["--iterations", "4", "--no-live", "--run-dir", str(run_dir),
+         "--set", f"trainer.base={base}", "--set", "spot.time_scale=60",
+         "--set", "trainer.prompts_per_iter=4", "--set", "trainer.group_size=4",
+         "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=2"],
+        timeout=360,
+    )  # fmt: skip
+    report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
+    pids = report.get("spot", {}).get("node_pids", [])
+    leftovers = [p for p in pids if _alive(p)]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert leftovers == []
+    spot = report["spot"]
+    assert spot["enabled"] and spot["nodes_started"] >= 2 and pids
+    assert spot["preemptions_with_notice"] >= 1
+    assert report["cost"]["this_run"]["spot_gpu_hours"] > 0
+    assert report["cost"]["saving_fraction"] > 0
+    assert report["stats"]["coordinator"]["nodes"]["od0"]["kind"] == "ondemand"
