@@ -342,22 +342,6 @@ def test_ondemand_and_two_spot_launches_survive_sigkill_and_sigterm(
     assert coordinator["late_exits"] == 0
 
 
-@pytest.fixture(scope="module")
-def micro_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-layer policy the trainer alone can use (explorers only build named configs)."""
-    from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
-    from spotlight.models.dit import DiTConfig, build_policy
-
-    micro = DiTConfig(
-        name="micro", image_size=8, channels=3, patch=2, num_layers=1, num_attention_heads=2,
-        attention_head_dim=16, joint_attention_dim=32, axes_dims_rope=(4, 6, 6),
-        text_max_tokens=16, text_encoder_layers=1, text_encoder_heads=2,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("base") / "micro"
-    save_checkpoint(build_policy(micro, seed=2), path, CheckpointCard(config=micro, steps=0))
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_rank_torchrun_launch_without_spot(

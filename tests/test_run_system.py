@@ -143,30 +143,6 @@ def test_help_explains_every_option() -> None:
     assert "report.json" in out and "spotlight monitor --attach" in out
 
 
-@pytest.fixture(scope="module")
-def micro_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
-    from spotlight.models.dit import DiTConfig, build_policy
-
-    micro = DiTConfig(
-        name="micro",
-        image_size=8,
-        channels=3,
-        patch=2,
-        num_layers=1,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        joint_attention_dim=32,
-        axes_dims_rope=(4, 6, 6),
-        text_max_tokens=16,
-        text_encoder_layers=1,
-        text_encoder_heads=2,
-    )
-    path = tmp_path_factory.mktemp("base") / "micro"
-    save_checkpoint(build_policy(micro, seed=2), path, CheckpointCard(config=micro, steps=0))
-    return path
-
-
 def _spotlight_run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(

@@ -114,8 +114,8 @@ def expand_plan(answer: SeedPlan, prompts: list[str], spare: SeedPlan) -> SeedPl
 
 
 class RecordLog:
-    """trainer.jsonl: iteration/validation records (train.py's format); on resume keeps
-    the lines up to the checkpoint (later ones are redone)."""
+    """Iteration/validation records as JSON lines (trainer.jsonl, and the local trainer's
+    metrics.jsonl); on resume keeps the lines up to the checkpoint (later ones are redone)."""
 
     def __init__(self, path: Path, *, keep_through: int | None) -> None:
         self.path = path

@@ -79,8 +79,9 @@ class PlannerConfig:
     """Group size G, prior, bonus, Monte Carlo draws, initial cost per seed."""
     explore_steps: int = 10
     """Denoising steps of an explore request. Keep the rollout's: on the tiny model, fewer
-    steps (4 of 6: Spearman 0.33) or the ODE (0.16) lose the seed ranking that the full
-    SDE keeps across a weight update (0.82); see benchmarks/results/exploration.json."""
+    steps (4 of 6: Spearman 0.28), 3 (0.08) or the ODE (0.01) lose the seed ranking that the
+    rollout's own sampler keeps across a weight update (0.89, real base); see
+    benchmarks/results/exploration.json."""
     initial_seeds: int = 2
     """Seeds every prompt gets in the first round (the bandit needs data to rank arms)."""
     round_fraction: float = 0.5
@@ -197,7 +198,9 @@ class BatchPlan:
         if self.rounds == 0 and self.config.initial_seeds > 0:
             plan = self._initial(affordable)
         else:
-            plan = self.bandit.allocate(ExplorationBudget(affordable * self.seconds_per_seed))
+            # In seeds, not GPU-seconds: the bandit's configured cost per seed is not the
+            # measured one this plan converts with.
+            plan = self.bandit.allocate_seeds(affordable)
         pairs = [(p, self._fresh_seed(p)) for p, n in plan.items() for _ in range(n)]
         assert len(pairs) <= affordable, (len(pairs), affordable)
         self.in_flight.update(pairs)

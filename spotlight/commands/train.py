@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spotlight.actors.plan_log import RecordLog
 from spotlight.models.batches import (  # noqa: F401  (re-exported: scripts import them here)
     VAL_SEED_OFFSET,
     iteration_prompts,
@@ -95,25 +96,6 @@ class RunSettings:
         config = FlowGrpoConfig(sampler=SamplerConfig(**sampler), grpo=grpo, **algo)
         rest = {k: v for k, v in data.items() if k != "algo"}
         return cls(algo=config, **rest)
-
-
-class _Log:
-    """metrics.jsonl writer; on resume drops lines past the checkpoint (they will be redone)."""
-
-    def __init__(self, path: Path, *, keep_through: int | None) -> None:
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-        if keep_through is not None and path.exists():
-            for line in path.read_text().splitlines():
-                rec = json.loads(line)
-                if rec["iteration"] <= keep_through:
-                    self.records.append(rec)
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def _save(
@@ -231,7 +213,7 @@ def train_local(
     for p in train:
         train_by_kind.setdefault(scenes.prompt_kind_of(p), []).append(p)
     val_prompts, val_seeds = validation_set(held_out, settings.val_per_kind, settings.val_seeds)
-    log = _Log(run_dir / "metrics.jsonl", keep_through=start if resume else None)
+    log = RecordLog(run_dir / "metrics.jsonl", keep_through=start if resume else None)
 
     def run_validation(iteration: int) -> dict[str, Any]:
         t0 = time.perf_counter()

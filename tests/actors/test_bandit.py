@@ -163,3 +163,18 @@ def test_short_prompts_are_filled_to_the_group_size_first() -> None:
     assert plan == {"lucky": 2, "close": 2, "full": 0}
     small = bandit.allocate(ExplorationBudget(gpu_seconds=1))
     assert sum(small.values()) == 1 and small["full"] == 0
+
+
+def test_allocate_seeds_takes_a_seed_count_whatever_the_configured_cost() -> None:
+    """The planner converts GPU-seconds with its measured cost and passes seeds: the bandit
+    must not convert again with its configured (stale) ``seconds_per_seed``."""
+    for n in (0, 1, 5, 12, 40):
+        plan = _bandit_with_history(2).allocate_seeds(n)
+        assert 0 <= sum(plan.values()) <= n
+        # Same decisions as a budget in GPU-seconds at the configured cost.
+        cost = _bandit_with_history(2).config.seconds_per_seed
+        same = _bandit_with_history(2).allocate(ExplorationBudget(gpu_seconds=n * cost))
+        assert plan == same
+    for bad in (2.5, "3", True):
+        with pytest.raises(ValueError, match="affordable"):
+            _bandit_with_history().allocate_seeds(bad)  # type: ignore[arg-type]

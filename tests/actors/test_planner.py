@@ -62,6 +62,27 @@ def test_first_round_is_uniform_and_every_round_stays_within_budget() -> None:
     assert plan.next_round(100.0) == []
 
 
+def test_rounds_use_the_measured_cost_per_seed_not_the_configured_one() -> None:
+    """BatchPlan converts GPU-seconds to seeds with the measured cost; the bandit must not
+    convert back with its configured one (that crashed rounds when the measured cost was
+    higher, and starved them when it was lower)."""
+    cfg = PlannerConfig(bandit=BanditConfig(group_size=8, seconds_per_seed=0.05))
+    plan = BatchPlan(
+        "b",
+        ["a red circle", "two blue squares"],
+        cfg,
+        budget=ExplorationBudget(10.0),
+        seconds_per_seed=0.05,
+    )
+    for i, (prompt, seed) in enumerate(plan.next_round(10.0)):
+        plan.observe(_result(prompt, seed, (i % 5) / 5))
+    plan.seconds_per_seed = 0.08  # measured: dearer than configured
+    assert 0 < len(plan.next_round(2.0)) <= 25
+    plan.seconds_per_seed = 0.01  # measured: cheaper than configured
+    # 0.5 s buys 50 seeds at the measured cost; the bandit's own cost would allow only 10.
+    assert 10 < len(plan.next_round(0.5)) <= 50
+
+
 def test_seeds_are_unique_per_prompt() -> None:
     plan = _plan(["a"], gpu_s=50.0, initial_seeds=50)
     seeds = [s for _, s in plan.next_round(50.0)]

@@ -15,25 +15,11 @@ from spotlight.actors.plan_log import PlanLog, plan_from_json, plan_seed, plan_t
 from spotlight.actors.planner import random_plan
 from spotlight.actors.trainer_loop import TrainerLoop, TrainerLoopConfig
 from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
-from spotlight.models.dit import DiTConfig, build_policy
+from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.sampler import SamplerConfig
-
-MICRO = DiTConfig(
-    name="micro",
-    image_size=8,
-    channels=3,
-    patch=2,
-    num_layers=1,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    joint_attention_dim=32,
-    axes_dims_rope=(4, 6, 6),
-    text_max_tokens=16,
-    text_encoder_layers=1,
-    text_encoder_heads=2,
-)
+from tests.micro import MICRO
 
 
 def _redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 
 from spotlight.commands import train as train_cmd
 from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, save_checkpoint
-from spotlight.models.dit import DiTConfig, build_policy
+from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import (
     FlowGrpoConfig,
     flow_grpo_iteration,
@@ -22,21 +22,8 @@ from spotlight.models.flow_grpo import (
 )
 from spotlight.models.grpo import GrpoConfig, group_advantages
 from spotlight.models.sampler import SamplerConfig
+from tests.micro import MICRO
 
-MICRO = DiTConfig(
-    name="micro",
-    image_size=8,
-    channels=3,
-    patch=2,
-    num_layers=1,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    joint_attention_dim=32,
-    axes_dims_rope=(4, 6, 6),
-    text_max_tokens=10,
-    text_encoder_layers=1,
-    text_encoder_heads=2,
-)
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
 
 

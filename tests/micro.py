@@ -1,0 +1,31 @@
+"""The micro DiT every fast test trains: 8×8 images, one layer, built in milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spotlight.models.dit import DiTConfig
+
+MICRO = DiTConfig(
+    name="micro",
+    image_size=8,
+    channels=3,
+    patch=2,
+    num_layers=1,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    joint_attention_dim=32,
+    axes_dims_rope=(4, 6, 6),
+    text_max_tokens=16,
+    text_encoder_layers=1,
+    text_encoder_heads=2,
+)
+
+
+def save_micro_base(path: Path, *, seed: int = 2) -> Path:
+    """A randomly initialised micro checkpoint at ``path`` (what tests pass as ``base``)."""
+    from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
+    from spotlight.models.dit import build_policy
+
+    save_checkpoint(build_policy(MICRO, seed=seed), path, CheckpointCard(config=MICRO, steps=0))
+    return path
