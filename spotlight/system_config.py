@@ -75,9 +75,9 @@ def _positive_float(owner: str, name: str, value: Any, *, allow_zero: bool = Fal
 class RunSection:
     """How long the run is and how often it validates and checkpoints."""
 
-    iterations: int = 40
+    iterations: int = 400
     """Trainer iterations (the time budget may stop earlier)."""
-    time_budget_s: float | None = 540.0
+    time_budget_s: float | None = 420.0
     """Stop after the iteration that crosses this many wall seconds (then checkpoint);
     None: no budget. The default keeps the embedded run near 10 minutes on a CPU."""
     val_every: int = 4
@@ -255,7 +255,7 @@ class SpotSection:
     trace: str = "traces/steady_1h.csv"
     """CSV trace ``t_s,event,node`` (see traces/README.md); relative paths are tried
     against the current directory, then the repository root."""
-    time_scale: float = 6.0
+    time_scale: float = 8.0
     """Trace seconds played per wall second; also the bill's clock (GPU-hours are in trace
     time, so a 1 h trace at 6x bills an hour in 10 wall minutes)."""
     notice_s: float = 30.0

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -379,6 +380,13 @@ class PlannerActor(Actor):
             raise ValueError(f"spot GPU count must be an int >= 0, got {n!r}")
         self._spot_gpus = n
 
+    def _batch_seed(self, batch_id: str) -> int:
+        """The random draws of a batch (fresh seeds, padding) are a pure function of the
+        planner seed and the batch id, never of how many batches this process has planned:
+        a restarted planner pads a batch exactly as the first one would have (resume)."""
+        digest = hashlib.blake2b(f"{self._seed}:{batch_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
     @endpoint
     async def plan(
         self, batch_id: str, prompts: list[str], started_at: float | None = None
@@ -408,7 +416,7 @@ class PlannerActor(Actor):
             self.config,
             budget=budget,
             seconds_per_seed=self._sps,
-            seed=self._seed + self._n["planned"],
+            seed=self._batch_seed(batch_id),
         )
         self._plans[batch_id] = plan
         self._started[batch_id] = started
@@ -455,7 +463,7 @@ class PlannerActor(Actor):
         self._started.pop(batch_id, None)
         if plan is None:
             answer = random_plan(
-                batch_id, prompts, self.config.bandit.group_size, seed=self._seed + 7919
+                batch_id, prompts, self.config.bandit.group_size, seed=self._batch_seed(batch_id)
             )
         else:
             answer = plan.answer(prompts)

@@ -36,6 +36,7 @@ curve's source), curve.png, checkpoint/ (policy, optimizer.pt, state.json).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -280,13 +281,22 @@ class TrainerLoop:
             answer = await seeds_for_iteration(
                 self.planner, f"b{k}", unique, g, timeout=self.config.plan_timeout_s, seed=seed
             )
+            spare = random_plan(f"b{k}", prompts, g, seed=seed)
             if [gr.prompt for gr in answer.groups] != unique or any(
                 len(gr.seeds) != g for gr in answer.groups
             ):
                 log.warning("planner answered batch b%d with a different shape; random seeds", k)
-                plan = random_plan(f"b{k}", prompts, g, seed=seed)
+                plan = spare
             else:
-                plan = expand_plan(answer, prompts, random_plan(f"b{k}", prompts, g, seed=seed))
+                # A prompt nothing was explored for takes the run's own random group, so a
+                # batch's seeds do not depend on whether this process planned it (a resumed
+                # run did not plan its first batch; without explorers it stays bit-identical).
+                first = {p: spare.groups[prompts.index(p)] for p in unique}
+                groups = [
+                    first[gr.prompt] if gr.fallback_seeds == len(gr.seeds) else gr
+                    for gr in answer.groups
+                ]
+                plan = expand_plan(dataclasses.replace(answer, groups=groups), prompts, spare)
         else:
             plan = random_plan(f"b{k}", prompts, g, seed=seed)
         self.plans.append(k, plan)

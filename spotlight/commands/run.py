@@ -38,8 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -76,7 +74,7 @@ EPILOG = """\
 configuration: defaults < --config FILE (YAML or TOML; see configs/default.yaml) < plain
 flags < --set section.key=value. Sections: run (iterations, time_budget_s, val_every,
 ckpt_every, seed, run_dir), trainer (seeds: random|explored, base, reward, lr, group_size,
-prompts_per_iter, ...), planner, spot (enabled, pool, trace, time_scale, notice_s, ...), prices
+prompts_per_iter, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale, notice_s, ...), prices
 (preset, ondemand_usd_per_gpu_hour, spot_usd_per_gpu_hour). An unknown key is an error
 that lists the valid ones.
 
@@ -269,13 +267,6 @@ async def _live_view(monitor: Any, out: Output) -> None:
 # ------------------------------------------------------------------------- spot pool
 
 
-def _optional(module: str) -> Any:
-    """A sibling helper's module (coordinator, spot_node) or None while it is missing."""
-    if importlib.util.find_spec(module) is None:
-        return None
-    return importlib.import_module(module)
-
-
 def _model_name(cfg: SystemConfig, progress: bool) -> str:
     """The policy config the explorers build (they receive the weights from the trainer).
 
@@ -327,7 +318,6 @@ class _Pool:
 
     enabled: bool
     external: bool = False
-    reason: str | None = None
     trace: Any = None
     replayer: Any = None
     launcher: Any = None
@@ -394,32 +384,25 @@ async def _main(
         from spotlight.actors.weight_publish import WeightPublisher
 
         publisher = WeightPublisher()
-        coord_mod = _optional("spotlight.actors.coordinator")
-        coordinator = None
-        if coord_mod is not None:
-            coordinator = await rt.spawn(
-                coord_mod.Coordinator,
-                prices=prices,
-                run_id=run_dir.name,
-                monitor=monitor,
-                publisher=publisher,
-                planner=planner,
-                scheduler=scheduler,
-                sampler=loop_cfg.algo.sampler,
-                model=await asyncio.to_thread(_model_name, cfg, not out.json_lines),
-                name="coordinator",
-            )
-            await coordinator.register_node.ask(
-                "od0", "ondemand", cfg.spot.ondemand_gpus, None, timeout=SETUP_TIMEOUT_S
-            )
+        from spotlight.actors.coordinator import Coordinator
+
+        coordinator = await rt.spawn(
+            Coordinator,
+            prices=prices,
+            run_id=run_dir.name,
+            monitor=monitor,
+            publisher=publisher,
+            planner=planner,
+            scheduler=scheduler,
+            sampler=loop_cfg.algo.sampler,
+            model=await asyncio.to_thread(_model_name, cfg, not out.json_lines),
+            name="coordinator",
+        )
+        await coordinator.register_node.ask(
+            "od0", "ondemand", cfg.spot.ondemand_gpus, None, timeout=SETUP_TIMEOUT_S
+        )
         metrics = MetricsPublisher(monitor, source="trainer", runtime=rt)
         pool = _Pool(enabled=cfg.spot.enabled, external=cfg.spot.pool == "external")
-        if pool.enabled and coordinator is None:
-            pool.enabled, pool.reason = False, "spotlight.actors.coordinator is not available"
-        if pool.enabled and _optional("spotlight.actors.spot_node") is None:
-            pool.enabled, pool.reason = False, "spotlight.actors.spot_node is not available"
-        if cfg.spot.enabled and not pool.enabled:
-            print(f"spotlight run: spot pool off: {pool.reason}", file=sys.stderr)
         out.event(
             "start",
             address=rt.address,
@@ -440,6 +423,7 @@ async def _main(
                 write_atomic(serving.ready_file, rt.address + "\n")
             if pool.enabled and not pool.external:
                 from spotlight.actors.replay import ProcessNodeLauncher, TraceReplayer
+                from spotlight.actors.restart_pool import RestartPoolLauncher
                 from spotlight.actors.spot_trace import load_trace, synthesize_notices
 
                 trace = load_trace(cfg.spot.trace_path())
@@ -447,7 +431,12 @@ async def _main(
                     trace = synthesize_notices(trace, cfg.spot.notice_s)
                 pool.trace = trace
                 nodes_log = (run_dir / "nodes.log").open("ab")
-                pool.launcher = ProcessNodeLauncher(
+                # restart: the TorchElastic-style baseline (any notice or loss restarts the
+                # whole pool); elastic: a noticed node drains and leaves, the rest go on.
+                launcher_cls = (
+                    RestartPoolLauncher if cfg.spot.fault_mode == "restart" else ProcessNodeLauncher
+                )
+                pool.launcher = launcher_cls(
                     node_command(cfg, rt.address),
                     stdout=nodes_log.fileno(),
                     stderr=nodes_log.fileno(),
@@ -507,7 +496,6 @@ async def _main(
         trace=pool.trace,
         node_pids=[p.pid for p in pool.launcher.history] if pool.launcher is not None else [],
         spot_on=pool.enabled,
-        spot_off_reason=pool.reason,
         stats=stats,
         elapsed_s=elapsed,
         interrupted=bool(interrupts),
