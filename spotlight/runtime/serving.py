@@ -177,6 +177,10 @@ class ServingSide:
             self._on_hello(identity, header, loop_time)
             return
         inbound = self.inbound.get(identity)
+        if inbound is None and kind == "bye":
+            # A peer leaving that this side never registered (it was forgotten after a
+            # heartbeat gap, or only ever sent a hello that lost a race): nothing to forget.
+            return
         if inbound is None:
             self._reply_nowait(identity, {"k": "need_hello"})
             raise Reject(BadMessage(f"{kind!r} before hello"), None, None)

@@ -136,3 +136,25 @@ def test_many_runtimes_shutting_down_at_once_log_no_socket_errors(
         errors, outcomes = arun(main())
     assert outcomes <= {"ActorStopped", "PeerLost"}, outcomes
     assert _problems(caplog.records, errors) == []
+
+
+def test_goodbye_from_a_forgotten_peer_is_not_a_bad_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer that leaves after this side forgot it (a spot node killed right after a
+    heartbeat gap) says bye: nothing to forget, so no 'rejected message' warning."""
+
+    async def main() -> None:
+        async with Runtime(FAST) as b:
+            await b.spawn(Echo, name="echo")
+            async with Runtime(FAST) as a:
+                assert await a.ref(b.address, "echo").echo.ask(1) == 1
+                for identity in list(b.transport.inbound):
+                    b.transport._forget_inbound(identity, "test: forget the caller")
+            # leaving, `a` said bye to `b`, which no longer knows it; let `b` read it
+            await asyncio.sleep(0.2)
+
+    with caplog.at_level(logging.INFO, logger="spotlight.runtime"):
+        arun(main())
+    rejected = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()]
+    assert rejected == []
