@@ -51,7 +51,7 @@ from spotlight.actors.bandit import BanditConfig, ExplorationBandit
 from spotlight.actors.explorer import ExplorerActor, ExploreSettings, explore_rewards
 from spotlight.actors.planner import PlannerActor, PlannerConfig, flatten, seeds_for_iteration
 from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
-from spotlight.commands.train import iteration_prompts, iteration_seeds
+from spotlight.models.batches import iteration_prompts, iteration_seeds
 from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.dit import DiTPolicy
 from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration

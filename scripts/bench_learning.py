@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spotlight.commands.train import RunSettings, iteration_seeds, train_local, validation_set
+from spotlight.commands.train import RunSettings, train_local
+from spotlight.models.batches import iteration_seeds, validation_set
 from spotlight.models.flow_grpo import FlowGrpoConfig
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.sampler import SamplerConfig

@@ -1,10 +1,12 @@
 """`spotlight train --local`: Flow-GRPO on the tiny base in one process.
 
-The loop around ``spotlight.models.flow_grpo`` (which holds the maths), and only the I/O:
+The system's trainer loop (``spotlight.actors.trainer_loop``) with one rank, no planner and
+random seeds; this module only maps command-line settings onto it:
 
     run dir/
       run.json        settings (what ``--resume`` continues with)
-      metrics.jsonl   one JSON object per line: {"kind": "iteration"|"validation", ...}
+      trainer.jsonl   one JSON object per line: {"kind": "iteration"|"validation", ...}
+      plans.jsonl     the prompts and seeds of every iteration, written before use
       curve.png       train reward and validation score against iteration
       checkpoint/     latest policy (checkpoint.py format) + optimizer.pt + state.json
 
@@ -20,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -29,15 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from spotlight.actors.plan_log import RecordLog
-from spotlight.models.batches import (  # noqa: F401  (re-exported: scripts import them here)
-    VAL_SEED_OFFSET,
-    iteration_prompts,
-    iteration_seeds,
-    validation_set,
-)
-from spotlight.models.curves import plot_curve
 
 if TYPE_CHECKING:
     from spotlight.models.flow_grpo import FlowGrpoConfig
@@ -98,31 +90,6 @@ class RunSettings:
         return cls(algo=config, **rest)
 
 
-def _save(
-    run_dir: Path, policy: Any, optimizer: Any, iteration: int, settings: RunSettings
-) -> None:
-    import torch
-
-    from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
-
-    tmp = run_dir / "checkpoint.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    card = CheckpointCard(
-        config=policy.config, steps=iteration, recipe={"flow_grpo": settings.to_json()}
-    )
-    save_checkpoint(policy, tmp, card)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"iteration": iteration}) + "\n")
-    final = run_dir / "checkpoint"
-    old = run_dir / "checkpoint.old"
-    if final.exists():
-        final.replace(old)
-    tmp.replace(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 class _Progress:
     """rich progress bar on a terminal, plain lines otherwise (logs, CI)."""
 
@@ -169,127 +136,58 @@ def train_local(
     progress: bool = True,
     reward_fn: Callable[[np.ndarray, list[str]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a local Flow-GRPO run; returns a summary of base/final validation."""
-    import torch
+    """Run (or resume) a local Flow-GRPO run; returns a summary of base/final validation.
 
-    from spotlight.models import scenes
-    from spotlight.models.checkpoint import load_checkpoint
-    from spotlight.models.flow_grpo import flow_grpo_iteration, validate
+    A local run is the system's own trainer loop (actors/trainer_loop.py) with one rank, no
+    planner and random seeds: one loop to keep right, and a local result predicts what the
+    same settings do inside `spotlight run`."""
+    import asyncio
 
-    torch.manual_seed(settings.seed)  # nothing should draw from it; pinned in case
-    algo = settings.algo
+    from spotlight.actors.trainer_loop import TrainerLoop, TrainerLoopConfig
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = run_dir / "checkpoint"
-    if settings.base is not None:
-        base = Path(settings.base)
-    else:
+    state = run_dir / "checkpoint" / "state.json"
+    if resume and not state.is_file():
+        raise ValueError(f"--resume {run_dir}: no checkpoint/state.json there to resume from")
+    base = settings.base
+    if base is None:
         from spotlight.models.base import ensure_base
 
-        base = ensure_base(progress=progress)
-    if resume:
-        if not (ckpt / "state.json").is_file():
-            raise ValueError(f"--resume {run_dir}: no checkpoint/state.json there to resume from")
-        policy, _ = load_checkpoint(ckpt)
-        start = int(json.loads((ckpt / "state.json").read_text())["iteration"])
-    else:
-        policy, _ = load_checkpoint(base)
-        start = 0
-    # The KL anchor is the base itself (not the resumed weights), so a resumed run pulls
-    # towards the same reference as the uninterrupted one.
-    ref_policy = None
-    if algo.grpo.kl_beta > 0:
-        ref_policy, _ = load_checkpoint(base)
-        ref_policy.requires_grad_(False)
+        base = str(ensure_base(progress=progress))
     (run_dir / "run.json").write_text(json.dumps(settings.to_json(), indent=2) + "\n")
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=algo.lr, weight_decay=algo.weight_decay)
-    if resume:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    if reward_fn is None:
-        from spotlight.models.rewards import build_reward
-
-        reward_fn = build_reward(settings.reward)
-    train, held_out = scenes.prompt_split()
-    train_by_kind: dict[str, list[str]] = {}
-    for p in train:
-        train_by_kind.setdefault(scenes.prompt_kind_of(p), []).append(p)
-    val_prompts, val_seeds = validation_set(held_out, settings.val_per_kind, settings.val_seeds)
-    log = RecordLog(run_dir / "metrics.jsonl", keep_through=start if resume else None)
-
-    def run_validation(iteration: int) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        res = validate(policy, val_prompts, val_seeds, reward_fn, algo.sampler, micro_batch=64)
-        rec = {
-            "kind": "validation",
-            "iteration": iteration,
-            "val_score": res.score,
-            "val_spread": res.spread,
-            "val_s": time.perf_counter() - t0,
-        }
-        log.write(rec)
-        return rec
-
-    if not resume:
-        run_validation(0)
+    config = TrainerLoopConfig(
+        algo=settings.algo,
+        iterations=settings.iterations,
+        time_budget_s=settings.time_budget_s,
+        val_every=settings.val_every,
+        ckpt_every=settings.ckpt_every,
+        val_per_kind=settings.val_per_kind,
+        val_seeds=settings.val_seeds,
+        seed=settings.seed,
+        reward=settings.reward,
+        base=base,
+    )
+    done = [int(json.loads(state.read_text())["iteration"]) if resume else 0]
     bar = _Progress(settings.iterations, progress)
-    t_start = time.perf_counter()
-    it = start
+
+    def advance(text: str) -> None:
+        done[0] += 1
+        bar.update(done[0], text)
+
+    loop = TrainerLoop(config, run_dir, resume=resume, reward_fn=reward_fn, progress=advance)
     try:
-        while it < settings.iterations:
-            prompts = iteration_prompts(train_by_kind, settings.seed, it, algo.prompts_per_iter)
-            pairs = [p for p in prompts for _ in range(algo.group_size)]
-            seeds = iteration_seeds(settings.seed, it, algo.batch_size)
-            stats, _ = flow_grpo_iteration(
-                policy,
-                optimizer,
-                pairs,
-                seeds,
-                reward_fn,
-                algo,
-                shuffle_seed=settings.seed * 7919 + it,
-                ref_policy=ref_policy,
-            )
-            it += 1
-            log.write(
-                {
-                    "kind": "iteration",
-                    "iteration": it,
-                    "reward_mean": stats.reward.mean,
-                    "reward_std": stats.reward.std,
-                    "zero_std_group_frac": stats.reward.zero_std_group_frac,
-                    **{f"loss_{k}": v for k, v in dataclasses.asdict(stats.loss).items()},
-                    "first_ratio_dev": stats.first_ratio_dev,
-                    "grad_norm": stats.grad_norm,
-                    "rollout_s": stats.rollout_s,
-                    "reward_s": stats.reward_s,
-                    "train_s": stats.train_s,
-                    "wall_s": time.perf_counter() - t_start,
-                }
-            )
-            out_of_time = settings.time_budget_s is not None and (
-                time.perf_counter() - t_start >= settings.time_budget_s
-            )
-            last = it == settings.iterations or out_of_time
-            text = f"reward {stats.reward.mean:.3f}"
-            if it % settings.val_every == 0 or last:
-                v = run_validation(it)
-                text += f"  val {v['val_score']:.3f}±{v['val_spread']:.3f}"
-            if it % settings.ckpt_every == 0 or last:
-                _save(run_dir, policy, optimizer, it, settings)
-            plot_curve(log.records, run_dir / "curve.png")
-            bar.update(it, text)
-            if out_of_time:
-                break
+        summary = asyncio.run(loop.run())
     finally:
         bar.close()
-    vals = [r for r in log.records if r["kind"] == "validation"]
-    its = [r for r in log.records if r["kind"] == "iteration"]
+    vals = summary.validations
+    its = [r for r in loop.trainer_log.records if r["kind"] == "iteration"]
     return {
         "base_val_score": vals[0]["val_score"] if vals else math.nan,
         "base_val_spread": vals[0]["val_spread"] if vals else math.nan,
         "final_val_score": vals[-1]["val_score"] if vals else math.nan,
         "final_val_spread": vals[-1]["val_spread"] if vals else math.nan,
-        "iterations": it,
-        "wall_s": time.perf_counter() - t_start,
+        "iterations": summary.iterations,
+        "wall_s": summary.wall_s,
         "zero_std_group_frac": float(np.mean([r["zero_std_group_frac"] for r in its]))
         if its
         else math.nan,
@@ -420,6 +318,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"base {summary['base_val_score']:.3f} → final {summary['final_val_score']:.3f} "
         f"(±{summary['final_val_spread']:.3f}) after {summary['iterations']} iterations; "
-        f"metrics in {run_dir / 'metrics.jsonl'}, curve in {run_dir / 'curve.png'}"
+        f"metrics in {run_dir / 'trainer.jsonl'}, curve in {run_dir / 'curve.png'}"
     )
     return 0

@@ -126,7 +126,7 @@ def test_local_trainer_resumes_identically(tmp_path: Path) -> None:
         assert torch.equal(x, y), name
 
     def comparable(path: Path) -> list[dict[str, object]]:
-        recs = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+        recs = [json.loads(line) for line in (path / "trainer.jsonl").read_text().splitlines()]
         return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in recs]
 
     assert comparable(straight) == comparable(split)
