@@ -19,6 +19,7 @@ from spotlight.system_config import (
     load_config,
     read_file,
 )
+from tests.procs import process_gone
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -276,18 +277,6 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0, msg=name)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie nobody reaped is not a running process
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_spotlight_run_with_the_spot_pool(tmp_path: Path) -> None:
@@ -309,7 +298,7 @@ def test_spotlight_run_with_the_spot_pool(tmp_path: Path) -> None:
     )  # fmt: skip
     report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
     pids = report.get("spot", {}).get("node_pids", [])
-    leftovers = [p for p in pids if _alive(p)]
+    leftovers = [p for p in pids if not process_gone(p)]
     for pid in leftovers:
         os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 0, proc.stderr[-3000:]

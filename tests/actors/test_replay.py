@@ -8,8 +8,6 @@ import json
 import os
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from spotlight.actors.replay import (
 )
 from spotlight.actors.spot_trace import parse_trace, synthesize_notices
 from spotlight.commands import cluster
+from tests.procs import process_gone, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,23 +126,6 @@ CHILD = textwrap.dedent(
 )
 
 
-def _gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (absent, or a zombie waiting for init)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-async def _wait_for(cond: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def _command(tmp_path: Path) -> str:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -152,7 +134,7 @@ def _command(tmp_path: Path) -> str:
 
 async def _pids(tmp_path: Path, node: str) -> list[int]:
     f = tmp_path / f"{node}.pids"
-    await _wait_for(f.exists, f"{node} to start")
+    await wait_for(f.exists, f"{node} to start")
     return [int(x) for x in f.read_text().split()]
 
 
@@ -171,19 +153,19 @@ def test_process_launcher_notice_and_kill(tmp_path: Path) -> None:
                     await launcher.add("a")
                 # notice: SIGTERM to the group; the handler records it and keeps running
                 await launcher.notice("a", deadline=0.0)
-                await _wait_for((tmp_path / "a.term").exists, "a's SIGTERM handler")
-                assert not _gone(pa[0])
+                await wait_for((tmp_path / "a.term").exists, "a's SIGTERM handler")
+                assert not process_gone(pa[0])
                 # removal at the deadline: SIGKILL, reaped by PID
                 await launcher.remove("a", silent=False)
                 assert launcher.history[0].returncode == -9 and launcher.history[0].killed
                 # silent removal: SIGKILL at once, grandchild included
                 await launcher.remove("b", silent=True)
                 assert not (tmp_path / "b.term").exists()
-                await _wait_for(lambda: all(_gone(p) for p in pa + pb), "every process gone")
+                await wait_for(lambda: all(process_gone(p) for p in pa + pb), "every process gone")
                 assert launcher.live_pids() == []
         finally:
             for pid in all_pids:  # belt and braces: never leave a process behind
-                if not _gone(pid):
+                if not process_gone(pid):
                     os.kill(pid, 9)
 
     asyncio.run(main())
@@ -215,10 +197,10 @@ def test_cancelled_replay_reaps_every_child(tmp_path: Path) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            await _wait_for(lambda: all(_gone(p) for p in all_pids), "every process gone")
+            await wait_for(lambda: all(process_gone(p) for p in all_pids), "every process gone")
         finally:
             for pid in all_pids:
-                if not _gone(pid):
+                if not process_gone(pid):
                     os.kill(pid, 9)
 
     asyncio.run(main())
@@ -328,18 +310,18 @@ def test_ctrl_c_kills_every_node(tmp_path: Path, signame: str, exit_code: int) -
     )
     pids: list[int] = []
     try:
-        asyncio.run(_wait_for(lambda: (tmp_path / "a.pids").exists()
+        asyncio.run(wait_for(lambda: (tmp_path / "a.pids").exists()
                               and (tmp_path / "b.pids").exists(), "both nodes"))  # fmt: skip
         for node in ("a", "b"):
             pids += [int(x) for x in (tmp_path / f"{node}.pids").read_text().split()]
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == exit_code, err
-        asyncio.run(_wait_for(lambda: all(_gone(p) for p in pids), "every node gone"))
+        asyncio.run(wait_for(lambda: all(process_gone(p) for p in pids), "every node gone"))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for pid in pids:
-            if not _gone(pid):
+            if not process_gone(pid):
                 os.kill(pid, 9)

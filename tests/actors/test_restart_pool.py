@@ -7,13 +7,13 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from spotlight.actors.restart_pool import RestartPoolLauncher
 from spotlight.system_config import ConfigError, SystemConfig, apply_overrides
+from tests.procs import process_gone, wait_for
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -44,26 +44,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (absent, or a zombie waiting for init)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-async def _wait_for(cond: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def _pids(tmp_path: Path, node: str, incarnation: int) -> list[int]:
     f = tmp_path / f"{node}.{incarnation}.pids"
-    await _wait_for(f.exists, f"{node} incarnation {incarnation} to start")
+    await wait_for(f.exists, f"{node} incarnation {incarnation} to start")
     return [int(x) for x in f.read_text().split()]
 
 
@@ -87,8 +70,8 @@ def test_notice_and_silent_loss_restart_every_running_node(tmp_path: Path) -> No
                 assert not (tmp_path / "a.term").exists()
                 second = {n: await _pids(tmp_path, n, 1) for n in ("b", "c")}
                 seen += [p for ps in second.values() for p in ps]
-                await _wait_for(
-                    lambda: all(_gone(p) for ps in first.values() for p in ps),
+                await wait_for(
+                    lambda: all(process_gone(p) for ps in first.values() for p in ps),
                     "every first incarnation (grandchildren too) gone",
                 )
                 assert sorted(pool.live_pids()) == sorted(ps[0] for ps in second.values())
@@ -120,7 +103,7 @@ def test_notice_and_silent_loss_restart_every_running_node(tmp_path: Path) -> No
                 await pool.remove("b", silent=True)  # unknown now: nothing happens
                 assert pool.statistics().restarts == 2
             # leaving the block killed and reaped everything, grandchildren included
-            await _wait_for(lambda: all(_gone(p) for p in seen), "every process gone")
+            await wait_for(lambda: all(process_gone(p) for p in seen), "every process gone")
             assert [p.popen.args[-1] for p in pool.history] == [
                 *("a", "b", "c"),
                 *("b.r1", "c.r1"),
@@ -130,7 +113,7 @@ def test_notice_and_silent_loss_restart_every_running_node(tmp_path: Path) -> No
             assert all(p.returncode is not None for p in pool.history)
         finally:
             for pid in seen:  # never leave a process behind
-                if not _gone(pid):
+                if not process_gone(pid):
                     os.kill(pid, 9)
 
     asyncio.run(main())

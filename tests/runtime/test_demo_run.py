@@ -11,23 +11,12 @@ import time
 
 import pytest
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie that nobody reaped is not a running process
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+from tests.procs import process_gone
 
 
 def _kill_all(pids: list[int]) -> None:
     for pid in pids:
-        if _alive(pid):
+        if not process_gone(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -48,7 +37,7 @@ def test_spotlight_demo_exits_cleanly_and_leaves_no_processes() -> None:
             proc.kill()
             proc.wait()
         worker_pids = next((r["pids"] for r in records if r.get("event") == "start"), [])
-        leftovers = [pid for pid in worker_pids if _alive(pid)]
+        leftovers = [pid for pid in worker_pids if not process_gone(pid)]
         _kill_all(worker_pids)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout tail: {out[-2000:]}\n{err}"
     assert records[0]["event"] == "start" and len(worker_pids) == 3
