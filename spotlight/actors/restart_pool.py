@@ -33,7 +33,6 @@ baseline pays for the same spot GPU-hours and loses the restarts' time and work.
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -79,7 +78,7 @@ class RestartPoolLauncher(ProcessNodeLauncher):
         """The command of ``node``'s current incarnation (``<node>.r<k>`` after k restarts)."""
         k = self._incarnation.get(node, 0)
         ident = node if k == 0 else f"{node}.r{k}"
-        return [part.replace("{node}", ident) for part in shlex.split(self._template)]
+        return super().argv_for(ident)
 
     def statistics(self) -> RestartStats:
         return self._stats
