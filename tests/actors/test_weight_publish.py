@@ -427,6 +427,8 @@ def test_late_subscriber_gets_the_latest_version_only() -> None:
                 # Re-subscribing (a node that registers again) sends the latest again.
                 pub.subscribe("late", rt_a.ref(rt_b.address, "late"))
                 assert await pub.flush(10.0)
+                # flush means handed to the transport: wait until every chunk sent has arrived
+                await r.wait_for.ask(2, pub.statistics().chunks_sent, 20.0)
                 assert (await r.inbox_stats.ask()).stale_chunks > 0  # already had v2
                 assert pub.statistics().streams_completed == 2
             finally:
