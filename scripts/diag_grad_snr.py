@@ -40,10 +40,11 @@ from spotlight.models.sampler import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
-SETTINGS: dict[str, tuple[tuple[int, int], float]] = {
-    "sde 0:2 a=1.0 (bench default)": ((0, 2), 1.0),
-    "sde 0:3 a=0.7": ((0, 3), 0.7),
-    "sde 0:6 a=0.7 (all steps)": ((0, 6), 0.7),
+SETTINGS: dict[str, tuple[tuple[int, int], float, str]] = {
+    "sde 0:2 a=1.0 (bench default)": ((0, 2), 1.0, "flow_grpo"),
+    "sde 0:3 a=0.7": ((0, 3), 0.7, "flow_grpo"),
+    "sde 0:6 a=0.7 (all steps)": ((0, 6), 0.7, "flow_grpo"),
+    "nft, sde 0:2 a=1.0 rollouts": ((0, 2), 1.0, "nft"),
 }
 
 
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS / "grad_snr.json")
+    parser.add_argument(
+        "--only", nargs="*", choices=("flow_grpo", "nft"), help="run these objectives only"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error("--repeats must be >= 2 (cosines need pairs)")
@@ -83,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     n = len(pairs)
     rewards = {"geneval": build_reward("geneval"), "brightness (control)": brightness}
     rows = []
-    for name, (window, a) in SETTINGS.items():
+    parser_only = set(args.only) if args.only else None
+    for name, (window, a, objective) in SETTINGS.items():
+        if parser_only is not None and objective not in parser_only:
+            continue
         config = FlowGrpoConfig(
             prompts_per_iter=args.prompts,
             group_size=args.group,
             sampler=SamplerConfig(num_steps=6, noise_level=a, sde_window=window),
             grpo=GrpoConfig(clip_range=1e-2),
+            objective=objective,  # type: ignore[arg-type]
             micro_batch=32,
             chunks_per_update=-(-n // 32),
             max_grad_norm=None,

@@ -35,7 +35,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
     from spotlight.actors.planner import PlannerConfig
@@ -131,6 +131,10 @@ class TrainerSection:
     """GRPO ratio clip range."""
     kl_beta: float = 0.0
     """KL weight towards the base (0: no reference model)."""
+    objective: str = "flow_grpo"
+    """Gradient estimator: flow_grpo (clipped SDE-step ratio) or nft (DiffusionNFT)."""
+    nft_beta: float = 1.0
+    """DiffusionNFT's β (objective: nft only)."""
     inner_epochs: int = 1
     micro_batch: int = 32
     """Samples per forward pass (rollout and training alike)."""
@@ -157,6 +161,8 @@ class TrainerSection:
         ):
             _positive_int("trainer", name, getattr(self, name))
         self.window()  # validates the text
+        if self.objective not in ("flow_grpo", "nft"):
+            raise ConfigError(f"trainer.objective={self.objective!r}; valid: flow_grpo, nft")
 
     def window(self) -> tuple[int, int] | None:
         if self.sde_window == "all":
@@ -171,11 +177,14 @@ class TrainerSection:
 
     def algo(self) -> FlowGrpoConfig:
         """The algorithm config (validated by FlowGrpoConfig itself)."""
-        from spotlight.models.flow_grpo import FlowGrpoConfig
+        from spotlight.models.flow_grpo import FlowGrpoConfig, Objective
         from spotlight.models.grpo import GrpoConfig
+        from spotlight.models.nft import NftConfig
         from spotlight.models.sampler import SamplerConfig
 
         return FlowGrpoConfig(
+            objective=cast("Objective", self.objective),
+            nft=NftConfig(beta=self.nft_beta),
             prompts_per_iter=self.prompts_per_iter,
             group_size=self.group_size,
             sampler=SamplerConfig(
@@ -265,8 +274,11 @@ class SpotSection:
     """Wall seconds a node keeps free before its deadline to leave cleanly."""
     gpus_per_node: int = 1
     """GPUs billed per spot node."""
-    ondemand_gpus: int = 1
-    """GPUs billed for the on-demand trainer/coordinator node."""
+    ondemand_gpus: int | None = None
+    """On-demand GPUs billed for the whole run (trainer + coordinator). None (default): the
+    trainer's world size, i.e. one GPU per data-parallel rank (torchrun's WORLD_SIZE; 1 for
+    a plain ``spotlight run``), resolved when the run starts (:meth:`ondemand_gpu_count`).
+    Set it when ranks and GPUs differ, e.g. one process on a node with 8 GPUs."""
     node_command: str = DEFAULT_NODE_COMMAND
     """Command of one spot node; {python}, {address}, {node}, {grace}, {gpus} are
     substituted ({node} by the launcher, per node)."""
@@ -285,9 +297,18 @@ class SpotSection:
         _positive_float("spot", "notice_s", self.notice_s, allow_zero=True)
         _positive_float("spot", "notice_grace_s", self.notice_grace_s, allow_zero=True)
         _positive_int("spot", "gpus_per_node", self.gpus_per_node)
-        _positive_int("spot", "ondemand_gpus", self.ondemand_gpus)
+        if self.ondemand_gpus is not None:
+            _positive_int("spot", "ondemand_gpus", self.ondemand_gpus)
         if "{node}" not in self.node_command:
             raise ConfigError(f"spot.node_command must contain {{node}}, got {self.node_command!r}")
+
+    def ondemand_gpu_count(self, world_size: int) -> int:
+        """GPUs to bill on demand: ``ondemand_gpus`` if set, else ``world_size`` (DP ranks)."""
+        if self.ondemand_gpus is not None:
+            return self.ondemand_gpus
+        if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+            raise ValueError(f"world_size must be an int >= 1 (DP ranks), got {world_size!r}")
+        return world_size
 
     def trace_path(self) -> Path:
         """The trace file; ConfigError naming the places tried if it is nowhere."""

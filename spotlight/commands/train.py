@@ -78,6 +78,7 @@ class RunSettings:
     def from_json(cls, data: dict[str, Any]) -> RunSettings:
         from spotlight.models.flow_grpo import FlowGrpoConfig
         from spotlight.models.grpo import GrpoConfig
+        from spotlight.models.nft import NftConfig
         from spotlight.models.sampler import SamplerConfig
 
         algo = dict(data["algo"])
@@ -85,7 +86,8 @@ class RunSettings:
         if sampler.get("sde_window") is not None:
             sampler["sde_window"] = tuple(sampler["sde_window"])
         grpo = GrpoConfig(**algo.pop("grpo"))
-        config = FlowGrpoConfig(sampler=SamplerConfig(**sampler), grpo=grpo, **algo)
+        nft = NftConfig(**algo.pop("nft", {}))
+        config = FlowGrpoConfig(sampler=SamplerConfig(**sampler), grpo=grpo, nft=nft, **algo)
         rest = {k: v for k, v in data.items() if k != "algo"}
         return cls(algo=config, **rest)
 
@@ -232,6 +234,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--clip-range", type=float, default=1e-2)
     parser.add_argument("--kl-beta", type=float, default=0.0)
+    parser.add_argument(
+        "--objective",
+        choices=("flow_grpo", "nft"),
+        default="flow_grpo",
+        help="gradient estimator: Flow-GRPO's clipped ratio, or DiffusionNFT (lower variance)",
+    )
+    parser.add_argument("--nft-beta", type=float, default=1.0, help="DiffusionNFT's β")
+    parser.add_argument(
+        "--nft-timesteps", type=int, default=2, help="DiffusionNFT noise levels per sample"
+    )
     parser.add_argument("--inner-epochs", type=int, default=1)
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--chunks-per-update", type=int, default=1)
@@ -261,6 +273,7 @@ def _parse_window(text: str) -> tuple[int, int] | None:
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     from spotlight.models.flow_grpo import FlowGrpoConfig
     from spotlight.models.grpo import GrpoConfig
+    from spotlight.models.nft import NftConfig
     from spotlight.models.sampler import SamplerConfig
 
     algo = FlowGrpoConfig(
@@ -277,6 +290,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         inner_epochs=args.inner_epochs,
         micro_batch=args.micro_batch,
         chunks_per_update=args.chunks_per_update,
+        objective=args.objective,
+        nft=NftConfig(beta=args.nft_beta, timesteps_per_sample=args.nft_timesteps),
     )
     return RunSettings(
         algo=algo,

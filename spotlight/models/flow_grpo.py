@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from spotlight.models.grpo import (
     grpo_loss,
     reward_stats,
 )
+from spotlight.models.nft import NftConfig, nft_train
 from spotlight.models.sampler import (
     Mode,
     SamplerConfig,
@@ -61,6 +63,9 @@ from spotlight.models.sampler import (
 
 RewardFn = Callable[[np.ndarray, list[str]], np.ndarray]
 """``reward_fn(images_uint8_BHWC, prompts) -> float32 [B]`` in [0, 1]."""
+
+Objective = Literal["flow_grpo", "nft"]
+OBJECTIVES: tuple[str, ...] = ("flow_grpo", "nft")
 
 GradSync = Callable[[list[Tensor]], None]
 """``grad_sync(grads)``: makes the accumulated gradients (parameter order) the global ones,
@@ -89,6 +94,12 @@ class FlowGrpoConfig:
     """Samples per forward pass, in rollouts and training alike (see module docstring)."""
     chunks_per_update: int = 1
     """Micro-batches whose gradients are accumulated into one optimizer step."""
+    objective: Objective = "flow_grpo"
+    """The gradient estimator on the same rollouts and advantages: ``flow_grpo`` (clipped
+    likelihood ratio of the SDE steps) or ``nft`` (DiffusionNFT on the forward process,
+    ``spotlight.models.nft``; lower variance, needs no SDE step)."""
+    nft: NftConfig = field(default_factory=NftConfig)
+    """The ``nft`` objective's knobs (unused by ``flow_grpo``)."""
 
     def __post_init__(self) -> None:
         ints = {
@@ -110,10 +121,15 @@ class FlowGrpoConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
-        if not self.sampler.sde_steps():
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+            )
+        if self.objective == "flow_grpo" and not self.sampler.sde_steps():
             raise ValueError(
                 f"the sampler has no SDE step to train (noise_level={self.sampler.noise_level}, "
-                f"sde_window={self.sampler.sde_window}); set noise_level > 0"
+                f"sde_window={self.sampler.sde_window}); set noise_level > 0, or use "
+                f"objective='nft' (it trains on the forward process, no SDE step needed)"
             )
 
     @property
@@ -306,27 +322,72 @@ def train_on_rollout(
     optimizer step, so both see the synchronised gradient; it must modify them in place.
     The caller owns the collective (models never import torch.distributed users).
     """
-    steps = config.sampler.sde_steps()
     policy.train()
-    offsets = np.cumsum([0] + [s.x_BNC.shape[0] for s in batch.chunks])
+
+    def optimizer_step() -> float:
+        params = [p for p in policy.parameters() if p.grad is not None]
+        if grad_sync is not None:
+            grad_sync([p.grad for p in params if p.grad is not None])
+        norm = torch.nn.utils.clip_grad_norm_(
+            params, config.max_grad_norm if config.max_grad_norm is not None else float("inf")
+        )
+        optimizer.step()
+        return float(norm)
+
+    def zero_grad() -> None:
+        optimizer.zero_grad(set_to_none=True)
+
+    # Epoch 0 keeps the rollout's chunk order (on-policy pass); later epochs shuffle the chunk
+    # order only, never the chunks' composition.
     order_rng = np.random.default_rng(shuffle_seed)
+    epochs: list[list[list[int]]] = []
+    for epoch in range(config.inner_epochs):
+        order = list(range(len(batch.chunks)))
+        if epoch > 0:
+            order = order_rng.permutation(len(order)).tolist()
+        epochs.append(
+            [
+                order[i : i + config.chunks_per_update]
+                for i in range(0, len(order), config.chunks_per_update)
+            ]
+        )
+    if config.objective == "nft":
+        groups = [g for epoch_groups in epochs for g in epoch_groups]
+        losses, norms = nft_train(
+            policy,
+            batch.chunks,
+            batch.chunk_prompts,
+            advantages_B,
+            groups,
+            optimizer_step,
+            zero_grad,
+            config.nft,
+            key=f"iteration:{shuffle_seed}",
+            ref_policy=ref_policy,
+            kl_beta=config.grpo.kl_beta,
+        )
+        diag = LossDiagnostics(
+            loss=float(np.mean([float(x.loss.detach()) for x in losses])),
+            policy_loss=float(np.mean([x.policy_loss for x in losses])),
+            kl=float(np.mean([x.kl for x in losses])),
+            approx_kl=float(np.mean([x.old_deviation for x in losses])),
+            clip_frac_high=0.0,
+            clip_frac_low=0.0,
+            ratio_mean=1.0,
+            ratio_max=1.0,
+        )
+        return diag, 0.0, float(np.mean(norms)), len(norms)
+
+    steps = config.sampler.sde_steps()
+    offsets = np.cumsum([0] + [s.x_BNC.shape[0] for s in batch.chunks])
     diags: list[LossDiagnostics] = []
     grad_norms: list[float] = []
     first_dev = 0.0
     n_opt = 0
-    for epoch in range(config.inner_epochs):
-        # Epoch 0 keeps the rollout's chunk order (on-policy pass); later epochs shuffle the
-        # chunk order only, never the chunks' composition.
-        order = list(range(len(batch.chunks)))
-        if epoch > 0:
-            order = order_rng.permutation(len(order)).tolist()
-        groups = [
-            order[i : i + config.chunks_per_update]
-            for i in range(0, len(order), config.chunks_per_update)
-        ]
+    for epoch, groups in enumerate(epochs):
         for group in groups:
             n_update = sum(batch.chunks[c].x_BNC.shape[0] for c in group)
-            optimizer.zero_grad(set_to_none=True)
+            zero_grad()
             for c in group:
                 state = batch.chunks[c]
                 adv = advantages_B[offsets[c] : offsets[c + 1]]
@@ -347,14 +408,7 @@ def train_on_rollout(
                     if epoch == 0 and n_opt == 0:
                         dev = (torch.exp(new_logp.detach() - old_logp) - 1).abs().max()
                         first_dev = max(first_dev, float(dev))
-            params = [p for p in policy.parameters() if p.grad is not None]
-            if grad_sync is not None:
-                grad_sync([p.grad for p in params if p.grad is not None])
-            norm = torch.nn.utils.clip_grad_norm_(
-                params, config.max_grad_norm if config.max_grad_norm is not None else float("inf")
-            )
-            grad_norms.append(float(norm))
-            optimizer.step()
+            grad_norms.append(optimizer_step())
             n_opt += 1
     return _average(diags), first_dev, float(np.mean(grad_norms)), n_opt
 

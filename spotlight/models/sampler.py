@@ -85,24 +85,31 @@ def sigmas(config: SamplerConfig) -> Tensor:
     return s.to(torch.float32)
 
 
-def _generator(seed: int, step: int) -> torch.Generator:
-    # A cryptographic hash, not Python's hash(): stable across processes and versions, and
-    # neighbouring (seed, step) pairs give unrelated streams.
-    digest = hashlib.blake2b(f"spotlight:{int(seed)}:{int(step)}".encode(), digest_size=8)
+def keyed_generator(seed: int, key: str) -> torch.Generator:
+    """A CPU generator that is a pure function of ``(seed, key)``.
+
+    A cryptographic hash, not Python's hash(): stable across processes and versions, and
+    neighbouring keys give unrelated streams.
+    """
+    digest = hashlib.blake2b(f"spotlight:{int(seed)}:{key}".encode(), digest_size=8)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1))
     return gen
 
 
-def _noise(seeds: Sequence[int], step: int, shape: Sequence[int]) -> Tensor:
-    # Drawn on the CPU, one generator per sample: the bits depend on (seed, step) only, not
-    # on the batch, the device or the process.
+def keyed_noise(seeds: Sequence[int], key: str, shape: Sequence[int]) -> Tensor:
+    """Standard normal ``[len(seeds), *shape]`` float32, one generator per sample: the bits
+    depend on (seed, key) only, not on the batch, the device or the process."""
     return torch.stack(
         [
-            torch.randn(tuple(shape), generator=_generator(s, step), dtype=torch.float32)
+            torch.randn(tuple(shape), generator=keyed_generator(s, key), dtype=torch.float32)
             for s in seeds
         ]
     )
+
+
+def _noise(seeds: Sequence[int], step: int, shape: Sequence[int]) -> Tensor:
+    return keyed_noise(seeds, str(int(step)), shape)
 
 
 def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> Tensor:

@@ -57,7 +57,7 @@ def _redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
     return np.clip(0.5 + 0.5 * (img[..., 0] - img[..., 1:].mean(-1)).mean(axis=(1, 2)), 0, 1)
 
 
-def _config(groups: int) -> FlowGrpoConfig:
+def _config(groups: int, objective: str = "flow_grpo") -> FlowGrpoConfig:
     # micro_batch = group size (see module docstring); one update per inner epoch on 1 rank
     # (chunks_per_update covers the batch); 2 inner epochs so the second, shuffled,
     # off-policy pass (ratio != 1, clipping) is compared too.
@@ -70,6 +70,7 @@ def _config(groups: int) -> FlowGrpoConfig:
         sampler=SamplerConfig(num_steps=3, noise_level=0.9, sde_window=(0, 2)),
         grpo=GrpoConfig(clip_range=1e-2),
         lr=1e-3,
+        objective=objective,  # type: ignore[arg-type]
     )
 
 
@@ -87,14 +88,14 @@ def _optimizer(policy: torch.nn.Module, config: FlowGrpoConfig) -> torch.optim.O
     return torch.optim.AdamW(policy.parameters(), lr=config.lr, eps=1e-6)
 
 
-CASES = {"even": 2, "uneven": 3}
-"""Case name -> groups per iteration (3 groups on 2 ranks: shards of 2 and 1 groups)."""
+CASES = {"even": (2, "flow_grpo"), "uneven": (3, "flow_grpo"), "nft_uneven": (3, "nft")}
+"""Case name -> (groups per iteration, objective); 3 groups on 2 ranks: shards of 2 and 1."""
 
 
-def _run_single(groups: int) -> dict[str, Any]:
+def _run_single(groups: int, objective: str) -> dict[str, Any]:
     """The 1-rank reference: flow_grpo_iteration on the global batch (1 thread, like the
     ranks: the same kernels, and no spinning threads competing with them)."""
-    config = _config(groups)
+    config = _config(groups, objective)
     policy = build_policy("tiny", seed=POLICY_SEED)
     opt = _optimizer(policy, config)
     stats = []
@@ -113,8 +114,8 @@ def _child_main(out_dir: Path) -> None:
     torch.set_num_threads(1)
     ctx = init_data_parallel("gloo", timeout_s=60.0)
     results: dict[str, Any] = {"rank": ctx.rank, "world": ctx.world}
-    for case, groups in CASES.items():
-        config = _config(groups)
+    for case, (groups, objective) in CASES.items():
+        config = _config(groups, objective)
         # Rank 1 starts from other weights: broadcast_parameters must make them rank 0's.
         policy = build_policy("tiny", seed=POLICY_SEED + ctx.rank)
         broadcast_parameters(policy, ctx)
@@ -207,7 +208,7 @@ def dp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            reference = {case: _run_single(groups) for case, groups in CASES.items()}
+            reference = {case: _run_single(*spec) for case, spec in CASES.items()}
         finally:
             torch.set_num_threads(threads)
         deadline = time.monotonic() + 150  # generous: the box is shared

@@ -21,6 +21,7 @@ from spotlight.models.flow_grpo import (
     validate,
 )
 from spotlight.models.grpo import GrpoConfig, group_advantages
+from spotlight.models.nft import NftConfig
 from spotlight.models.sampler import SamplerConfig
 from tests.micro import MICRO
 
@@ -95,8 +96,8 @@ def test_validation_uses_the_ode_and_is_deterministic() -> None:
     assert all(torch.isnan(lp).all() for s in states for lp in s.log_probs)
 
 
-def _settings(base: Path, iterations: int) -> train_cmd.RunSettings:
-    algo = _config(prompts_per_iter=2, group_size=2, micro_batch=4, inner_epochs=2)
+def _settings(base: Path, iterations: int, **algo_kw: object) -> train_cmd.RunSettings:
+    algo = _config(prompts_per_iter=2, group_size=2, micro_batch=4, inner_epochs=2, **algo_kw)
     return train_cmd.RunSettings(
         algo=algo,
         iterations=iterations,
@@ -109,16 +110,26 @@ def _settings(base: Path, iterations: int) -> train_cmd.RunSettings:
     )
 
 
-def test_local_trainer_resumes_identically(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "algo_kw",
+    [{}, {"objective": "nft", "nft": NftConfig(beta=0.5, timesteps_per_sample=3)}],
+    ids=["flow_grpo", "nft"],
+)
+def test_local_trainer_resumes_identically(tmp_path: Path, algo_kw: dict[str, object]) -> None:
     base = save_checkpoint(
         build_policy(MICRO, seed=4), tmp_path / "base", CheckpointCard(config=MICRO)
     )
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train_cmd.train_local(_settings(base, 2), straight, progress=False, reward_fn=_redness)
-    train_cmd.train_local(_settings(base, 1), split, progress=False, reward_fn=_redness)
-    summary = train_cmd.train_local(
-        _settings(base, 2), split, resume=True, progress=False, reward_fn=_redness
+    train_cmd.train_local(
+        _settings(base, 2, **algo_kw), straight, progress=False, reward_fn=_redness
     )
+    train_cmd.train_local(_settings(base, 1, **algo_kw), split, progress=False, reward_fn=_redness)
+    # Resuming reads the algorithm back from run.json (objective and NFT knobs included).
+    summary = train_cmd.train_local(
+        _settings(base, 2, **algo_kw), split, resume=True, progress=False, reward_fn=_redness
+    )
+    stored = train_cmd.RunSettings.from_json(json.loads((split / "run.json").read_text()))
+    assert stored.algo == _settings(base, 2, **algo_kw).algo
     assert summary["iterations"] == 2
     a, _ = load_checkpoint(straight / "checkpoint")
     b, _ = load_checkpoint(split / "checkpoint")
