@@ -298,7 +298,7 @@ def cost_at(run: dict[str, Any], t_wall: float, settings: dict[str, Any]) -> dic
     cfg = SystemConfig.from_dict(run["config"])
     sim_s = t_wall * settings["time_scale"]
     meter = CostMeter(cfg.prices.build())
-    meter.add_interval("ondemand", 0.0, sim_s, gpus=cfg.spot.ondemand_gpus)
+    meter.add_interval("ondemand", 0.0, sim_s, gpus=cfg.spot.ondemand_gpu_count(1))
     if run["report"]["spot"]["enabled"]:
         trace = load_trace(cfg.spot.trace_path())
         if cfg.spot.notice_s > 0:
@@ -422,7 +422,7 @@ def projection(
         reform_s = float(data.get("reform_p50_s", reform_s))
         source = "benchmarks/results/elastic_sp.json (restart_baseline_p50_s, reform_p50_s)"
     pc = ProjectionConfig(
-        ondemand_gpus=cfg.spot.ondemand_gpus,
+        ondemand_gpus=cfg.spot.ondemand_gpu_count(1),
         gpus_per_node=cfg.spot.gpus_per_node,
         sp_degree=cfg.spot.gpus_per_node,
         step_gpu_s=costs["step_gpu_s"],
@@ -455,7 +455,7 @@ def projection(
         f"iterations to target are the measured ones: {needed}",
         f"weight load on (re)start {weight_load_s:.1f} s and SP re-form {reform_s:.2f} s "
         f"from {source}",
-        f"{cfg.spot.ondemand_gpus} on-demand GPU(s); spot nodes of {cfg.spot.gpus_per_node} "
+        f"{cfg.spot.ondemand_gpu_count(1)} on-demand GPU(s); spot nodes of {cfg.spot.gpus_per_node} "
         "GPU(s), one SP group per node (degree = GPUs per node); ideal SP scaling",
         "rollouts run on on-demand + spot for restart and spotlight (projection.py's model); "
         "spotlight explores on spot during training; restart ignores notices",

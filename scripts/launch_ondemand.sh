@@ -31,8 +31,9 @@
 #
 # Give `spotlight run` a --run-dir (on a shared file system with several nodes): every rank
 # resolves the options itself, and an automatic run-<date-time> name can differ between
-# ranks. The bill counts spot.ondemand_gpus on-demand GPUs (default 1): set it to the job's
-# GPU count, e.g. `--set spot.ondemand_gpus=16` for 2 nodes x 8.
+# ranks. The bill counts spot.ondemand_gpus on-demand GPUs, by default the trainer's world
+# size (torchrun's WORLD_SIZE = nnodes x nproc-per-node, one GPU per rank). Set it only when
+# GPUs and ranks differ, e.g. `--set spot.ondemand_gpus=8` for one process on an 8-GPU node.
 #
 # Backend: NCCL when CUDA is available (rank r uses cuda:LOCAL_RANK), gloo otherwise (CPU).
 # The runtime itself is ZeroMQ over TCP either way.

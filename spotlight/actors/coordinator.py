@@ -7,20 +7,26 @@ means they never disagree, and the monitor and the final report read one record.
 Map (one actor on the on-demand node; two tasks it owns, cancelled in ``on_stop``)::
 
     spot node ──register_node(id, "spot", gpus, explorer)──► registry (status "alive")
-                   │ answer: scheduler / planner / monitor refs, model, sampler, version
+                   │ answer: scheduler / planner / monitor refs, model (the trainer's
+                   │   DiTConfig as a dict), sampler, weight version
                    ├──► publisher.subscribe(id, explorer)     (weights flow to the node)
                    └──► planner.register_explorer(explorer, id)
     spot node ──node_notice(id, deadline)──► status "notice"; publisher.unsubscribe(id)
     spot node ──node_left(id, PreemptionReport | None)──► status "left"; preemption tally
     runtime.peer_events() ── peer_lost(address) ──► _peer_task: node at that address
                                                       "gone" (silent loss, counted)
-    any change ──► _planner_task: planner.set_spot_gpus(alive spot GPUs) (latest value only)
+    any change ──► _planner_task: planner.unregister_explorer(id, explorer) for each node
+                   that stopped exploring (notice, left, gone), then
+                   planner.set_spot_gpus(alive spot GPUs) (latest value only)
     every metrics_period_s ──► _metrics_task: topics "node" (one source per node) + "cost"
 
 What waits on what: endpoints never wait on a remote actor except ``register_explorer``
 (a ``tell`` bounded by ``call_timeout_s``; a dead planner is logged, the node still joins).
-``set_spot_gpus`` goes through ``_planner_task`` so a slow planner never delays an endpoint
-and only the newest count is sent. Metrics use :class:`MetricsPublisher` (never blocks).
+``unregister_explorer`` and ``set_spot_gpus`` go through ``_planner_task`` so a slow
+planner never delays an endpoint (peer losses are found outside any endpoint) and only the
+newest count is sent; an unregistration carries the explorer's ref, so the planner never
+forgets a newer incarnation registered under the same id. Metrics use
+:class:`MetricsPublisher` (never blocks).
 
 Accounting rules:
 
@@ -51,6 +57,7 @@ import spotlight.actors.explorer  # noqa: F401 - registers SamplerConfig as a wi
 from spotlight.actors.metrics import MetricsPublisher
 from spotlight.actors.preemption import PreemptionReport
 from spotlight.actors.prices import NODE_CLASSES, CostMeter, CostSummary, Prices
+from spotlight.models.dit import DiTConfig
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
@@ -124,6 +131,8 @@ class _Node:
     ended_at: float | None = None
     notice_deadline: float | None = None
     notice_at: float | None = None
+    forgotten: bool = False
+    """The planner was told to drop this node's explorer (sent once per registration)."""
 
     def gpu_seconds(self, now: float) -> float:
         end = self.ended_at if self.ended_at is not None else now
@@ -157,17 +166,21 @@ class Coordinator(Actor):
         planner: ActorRef | None = None,
         scheduler: ActorRef | None = None,
         sampler: SamplerConfig | None = None,
-        model: str = "tiny",
+        model: DiTConfig | str = "tiny",
         clock: Callable[[], float] = time.time,
         metrics_period_s: float = 1.0,
         call_timeout_s: float = 5.0,
     ) -> None:
         """``publisher``: a :class:`~spotlight.actors.weight_publish.WeightPublisher` on this
-        process's loop (``subscribe``/``unsubscribe``), or None (no weights pushed)."""
+        process's loop (``subscribe``/``unsubscribe``), or None (no weights pushed).
+        ``model``: the trainer's policy config (its base checkpoint's card), sent to every
+        node so its explorer builds the same shapes; a name only for named configs."""
         if not isinstance(prices, Prices):
             raise ValueError(f"prices must be a Prices, got {prices!r}")
         if not run_id:
             raise ValueError("run_id must be a non-empty string")
+        if not isinstance(model, DiTConfig | str):
+            raise ValueError(f"model must be a DiTConfig or a config name, got {model!r}")
         for name, value in (
             ("metrics_period_s", metrics_period_s),
             ("call_timeout_s", call_timeout_s),
@@ -190,6 +203,8 @@ class Coordinator(Actor):
         self._weight_version = -1
         self._tasks: list[asyncio.Task[None]] = []
         self._planner_dirty = asyncio.Event()
+        self._planner_forget: dict[str, ActorRef] = {}
+        """Explorers the planner must drop (node id -> the explorer ref it registered)."""
         self._metrics: dict[str, MetricsPublisher] = {}
 
     async def on_start(self) -> None:
@@ -230,8 +245,10 @@ class Coordinator(Actor):
         is noticed); the explorer's address otherwise.
 
         Returns what the node needs to work: ``scheduler``, ``planner``, ``monitor``
-        (refs or None), ``model`` (name), ``sampler`` (the trainer's ``SamplerConfig`` as a
-        dict; :func:`sampler_from_dict` rebuilds it), ``weight_version`` (-1: none yet).
+        (refs or None), ``model`` (the trainer's ``DiTConfig`` as a dict, or a config name;
+        :func:`~spotlight.actors.explorer.model_config` rebuilds it), ``sampler`` (the
+        trainer's ``SamplerConfig`` as a dict; :func:`sampler_from_dict` rebuilds it),
+        ``weight_version`` (-1: none yet).
         """
         if not isinstance(node_id, str) or not node_id:
             raise ValueError(f"node_id must be a non-empty string, got {node_id!r}")
@@ -259,6 +276,7 @@ class Coordinator(Actor):
                 if node.status in ("alive", "notice"):
                     node.ended_at = now
                     node.status = "gone"
+                    self._forget_explorer(node)
                 self._tally.retired_gpu_s[node.kind] += node.gpu_seconds(now)
             node = _Node(
                 node_id=node_id,
@@ -271,6 +289,8 @@ class Coordinator(Actor):
             self._nodes[node_id] = node
             log.info("node %s joined (%s, %d GPUs)", node_id, kind, gpus)
         if explorer is not None and node.status == "alive":
+            self._planner_forget.pop(node_id, None)
+            node.forgotten = False
             if self.publisher is not None:
                 self.publisher.subscribe(node_id, explorer)
             if self.planner is not None:
@@ -285,7 +305,7 @@ class Coordinator(Actor):
             "scheduler": self.scheduler,
             "planner": self.planner,
             "monitor": self.monitor,
-            "model": self.model,
+            "model": self.model if isinstance(self.model, str) else self.model.to_dict(),
             "sampler": asdict(self.sampler),
             "weight_version": self._latest_version(),
             "run_id": self.run_id,
@@ -301,6 +321,7 @@ class Coordinator(Actor):
         node.notice_deadline = float(deadline)
         node.notice_at = self._clock()
         self._unsubscribe(node_id)
+        self._forget_explorer(node)
         self._changed()
         log.info("node %s on notice, deadline in %.1f s", node_id, deadline - time.time())
 
@@ -314,6 +335,7 @@ class Coordinator(Actor):
         node.status = "left"
         node.ended_at = self._clock()
         self._unsubscribe(node_id)
+        self._forget_explorer(node)
         if report is None:
             self._tally.voluntary += 1
         else:
@@ -396,6 +418,7 @@ class Coordinator(Actor):
             self._tally.silent += 1
             self._tally.notice_unclean += had_notice
             self._unsubscribe(node.node_id)
+            self._forget_explorer(node)
             self._publish_event(
                 node.node_id, kind="silent", lead_s=0.0, steps_lost=None, reason=reason
             )
@@ -434,6 +457,13 @@ class Coordinator(Actor):
         if self.publisher is not None:
             self.publisher.unsubscribe(node_id)
 
+    def _forget_explorer(self, node: _Node) -> None:
+        """Queue ``planner.unregister_explorer`` for ``node`` (sent by ``_sync_planner``)."""
+        if node.explorer is not None and self.planner is not None and not node.forgotten:
+            node.forgotten = True
+            self._planner_forget[node.node_id] = node.explorer
+            self._changed()
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("coordinator task %s failed", task.get_name(), exc_info=task.exception())
@@ -449,8 +479,14 @@ class Coordinator(Actor):
         while True:
             await self._planner_dirty.wait()
             self._planner_dirty.clear()
+            if self.planner is None:
+                continue
+            if not await self._send_forgets(self.planner):
+                await asyncio.sleep(self._call_timeout_s / 5)  # back off, then retry
+                self._planner_dirty.set()
+                continue
             n = self._alive_spot_gpus()
-            if self.planner is None or n == sent:
+            if n == sent:
                 continue
             try:
                 await self.planner.set_spot_gpus.tell(n, timeout=self._call_timeout_s)
@@ -459,6 +495,21 @@ class Coordinator(Actor):
                 log.warning("planner did not take set_spot_gpus(%d): %r", n, exc)
                 await asyncio.sleep(self._call_timeout_s / 5)  # back off, then retry the newest
                 self._planner_dirty.set()
+
+    async def _send_forgets(self, planner: ActorRef) -> bool:
+        """``unregister_explorer`` for every queued node; False if one failed (kept queued)."""
+        while self._planner_forget:
+            node_id, explorer = next(iter(self._planner_forget.items()))
+            try:
+                await planner.unregister_explorer.tell(
+                    node_id, explorer, timeout=self._call_timeout_s
+                )
+            except (SpotlightError, TimeoutError) as exc:
+                log.warning("planner did not take unregister_explorer(%s): %r", node_id, exc)
+                return False
+            if self._planner_forget.get(node_id) is explorer:  # not re-queued meanwhile
+                del self._planner_forget[node_id]
+        return True
 
     def _publisher(self, source: str) -> MetricsPublisher:
         pub = self._metrics.get(source)

@@ -69,7 +69,7 @@ from spotlight.actors.leases import Lease
 from spotlight.actors.rollout import DrainReport
 from spotlight.actors.weight_publish import WeightInbox
 from spotlight.actors.weight_share import WeightManifest
-from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy
+from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
 from spotlight.models.flow_grpo import decode, generate
 from spotlight.models.rewards import build_reward
 from spotlight.models.sampler import SamplerConfig
@@ -85,7 +85,9 @@ __all__ = [
     "ExplorerStats",
     "WeightSlot",
     "explore_rewards",
+    "model_config",
     "sampler_for_steps",
+    "weights_fit",
 ]
 
 log = logging.getLogger("spotlight.actors.explorer")
@@ -114,6 +116,51 @@ def sampler_for_steps(base: SamplerConfig, num_steps: int) -> SamplerConfig:
         stop = -((-window[1] * num_steps) // base.num_steps)  # ceil
         window = (start, max(start + 1, min(num_steps, stop)))
     return replace(base, num_steps=num_steps, sde_window=window)
+
+
+def model_config(spec: DiTConfig | str | Mapping[str, Any]) -> DiTConfig:
+    """The policy config an explorer builds, from any form it travels in.
+
+    A spot node learns the trainer's model from the coordinator as plain data
+    (``DiTConfig.to_dict()``; msgpack turns its tuples into lists, which
+    :meth:`DiTConfig.from_dict` restores), so any base checkpoint can be explored, not just
+    a named config; a name (``"tiny"``, the explorer CLI's ``--model``) still works.
+    """
+    if isinstance(spec, DiTConfig):
+        return spec
+    if isinstance(spec, str):
+        return get_config(spec)
+    if isinstance(spec, Mapping):
+        return DiTConfig.from_dict(dict(spec))
+    raise ValueError(
+        f"model must be a DiTConfig, a config name or a DiTConfig as a dict, got {spec!r}"
+    )
+
+
+def weights_fit(policy: DiTPolicy, state: Mapping[str, Any], *, version: int) -> None:
+    """ValueError unless ``state`` has exactly the policy's tensors and shapes.
+
+    Checked when weights arrive, so a model config that does not match the trainer's fails
+    with both shapes named instead of killing the sampling loop later inside
+    ``load_state_dict``.
+    """
+    own = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+    missing = sorted(own.keys() - got.keys())
+    unexpected = sorted(got.keys() - own.keys())
+    wrong = [(k, got[k], own[k]) for k in sorted(own.keys() & got.keys()) if got[k] != own[k]]
+    if not (missing or unexpected or wrong):
+        return
+    problems = [f"{k}: {g} in the weights, {o} in the model" for k, g, o in wrong[:3]]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing from the weights, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) the model lacks, e.g. {unexpected[0]}")
+    raise ValueError(
+        f"weight version {version} does not fit this explorer's model config "
+        f"{policy.config.name!r} ({len(wrong)} shape mismatch(es)): {'; '.join(problems)}; "
+        "the explorer must build the trainer's base config (register_node's 'model')"
+    )
 
 
 @register_wire_type(name="spotlight.ExploreSettings")
@@ -219,6 +266,8 @@ class ExplorerStats:
     """Chunks of a version not newer than the one held or pending (dropped unassembled)."""
     draining: bool = False
     """A ``drain`` started: this explorer pulls no more work."""
+    versions_rejected: int = 0
+    """Weight versions whose tensors did not fit the model config (see :func:`weights_fit`)."""
 
 
 class WeightSlot:
@@ -304,16 +353,18 @@ class ExplorerActor(Actor):
         *,
         scheduler: ActorRef,
         worker_id: str,
-        model: DiTConfig | str = "tiny",
+        model: DiTConfig | str | Mapping[str, Any] = "tiny",
         settings: ExploreSettings | None = None,
         announce_to: ActorRef | None = None,
         inbox: WeightInbox | None = None,
     ) -> None:
-        """``inbox``: the chunk assembler behind ``weight_chunk`` (default: a new
+        """``model``: the trainer's policy config, as a :class:`DiTConfig`, a name, or the
+        dict of ``register_node``'s answer (see :func:`model_config`). ``inbox``: the chunk
+        assembler behind ``weight_chunk`` (default: a new
         :class:`~spotlight.actors.weight_publish.WeightInbox`)."""
         self.scheduler = scheduler
         self.worker_id = worker_id
-        self.model = model
+        self.model = model_config(model)
         self.settings = settings or ExploreSettings()
         self.announce_to = announce_to
         self.slot = WeightSlot()
@@ -330,6 +381,7 @@ class ExplorerActor(Actor):
             "stale": 0,
             "chunks": 0,
             "chunks_ignored": 0,
+            "rejected": 0,
         }
         self._inbox = inbox if inbox is not None else WeightInbox()
         self._draining = False
@@ -364,7 +416,9 @@ class ExplorerActor(Actor):
         """Offer weights ``version`` (use ``tell``): stored at once, applied between batches.
 
         Returns whether it was kept (False: not newer than what this explorer has).
+        ValueError (naming both shapes) when the tensors do not fit this explorer's model.
         """
+        self._check_fits(version, state_dict)
         kept = self.slot.offer(version, state_dict)
         if kept:
             self._wake.set()
@@ -388,6 +442,7 @@ class ExplorerActor(Actor):
         done = self._inbox.offer(version, manifest, offset, chunk)
         if done is not None:
             complete_version, state = done
+            self._check_fits(complete_version, state)
             if self.slot.offer(complete_version, state):
                 self._wake.set()
 
@@ -464,9 +519,20 @@ class ExplorerActor(Actor):
             chunks_received=self._n["chunks"],
             chunks_ignored=self._n["chunks_ignored"],
             draining=self._draining,
+            versions_rejected=self._n["rejected"],
         )
 
     # ------------------------------------------------------------------ internals
+
+    def _check_fits(self, version: int, state: Mapping[str, Any]) -> None:
+        """:func:`weights_fit`, counted and logged (a ``tell`` has no caller to tell)."""
+        assert self.policy is not None  # built in on_start, before any endpoint runs
+        try:
+            weights_fit(self.policy, state, version=version)
+        except ValueError as exc:
+            self._n["rejected"] += 1
+            log.error("explorer %s rejects weights: %s", self.worker_id, exc)
+            raise
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -600,7 +666,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scheduler", required=True, help="ADDRESS/NAME of the explore scheduler")
     ap.add_argument("--planner", default=None, help="ADDRESS/NAME of the planner to announce to")
     ap.add_argument("--worker-id", required=True)
-    ap.add_argument("--model", default="tiny")
+    ap.add_argument(
+        "--model",
+        default="tiny",
+        help="policy config name (a spot node gets the trainer's full config from the "
+        "coordinator instead; this must match the weights the trainer sends)",
+    )
     ap.add_argument("--mode", default="sde", choices=_MODES)
     ap.add_argument("--pull-batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")

@@ -16,6 +16,7 @@ Map (one actor; one round task per planned batch, cancelled by ``take_groups``/`
                                                  prompts short of G seeds are padded with
                                                  random seeds (fallbacks, counted, published)
     explorer ──register_explorer(ref, id)──► list the trainer reads to push weights
+    coordinator ──unregister_explorer(id, ref)──► drops it (node on notice, left or lost)
 
 What each piece waits on: the round task waits for its round's results (an event) or half
 the time left, whichever is first (in-flight seeds stay charged to the budget); ``take_groups`` waits on nothing (it
@@ -25,6 +26,12 @@ A result arriving after ``take_groups`` is dropped and counted (``late_results``
 Budget: GPU-seconds = (median recent iteration time − time elapsed in this iteration) ×
 spot GPUs × safety, from :meth:`ExplorationBudget.predict`. The cost of a seed is measured
 from the explorers' results (EMA), so the budget converts to seeds with real numbers.
+
+Explorers: the planner never sends work to an explorer (explorers pull from the scheduler),
+so the list is only read: by whoever pushes weights (``explorers``), and as the spot GPU
+count when the coordinator has set none (``set_spot_gpus``). An explorer that leaves with
+requests of a round in flight cannot stall the round: its leases expire in the scheduler
+and are re-leased to the others, and the round waits at most half the time left anyway.
 
 Trainer hook: :func:`seeds_for_iteration` asks ``take_groups`` under a short timeout and
 falls back to random seeds locally if the planner is unreachable; :func:`flatten` turns the
@@ -362,6 +369,24 @@ class PlannerActor(Actor):
         self._explorers[worker_id] = ref
 
     @endpoint
+    async def unregister_explorer(self, worker_id: str, ref: ActorRef | None = None) -> bool:
+        """Forget explorer ``worker_id`` (its node left or was lost); True if it was known.
+
+        Idempotent: an unknown id is a no-op. With ``ref``, only that incarnation is
+        forgotten: a node that re-joined under the same id with a new explorer stays.
+        """
+        known = self._explorers.get(worker_id)
+        if known is None:
+            log.debug("unregister_explorer(%s): not registered; nothing to do", worker_id)
+            return False
+        if ref is not None and known.any_generation() != ref.any_generation():
+            log.debug("unregister_explorer(%s): %r is not the one registered", worker_id, ref)
+            return False
+        del self._explorers[worker_id]
+        log.info("explorer %s unregistered", worker_id)
+        return True
+
+    @endpoint
     async def explorers(self) -> dict[str, ActorRef]:
         """Known explorers, for the trainer to push weights to."""
         return dict(self._explorers)
@@ -375,7 +400,7 @@ class PlannerActor(Actor):
 
     @endpoint
     async def set_spot_gpus(self, n: int) -> None:
-        """Spot GPUs exploring now (default: the number of registered explorers)."""
+        """Spot GPUs exploring now (until set: the number of registered explorers)."""
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"spot GPU count must be an int >= 0, got {n!r}")
         self._spot_gpus = n

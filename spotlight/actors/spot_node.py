@@ -6,8 +6,9 @@
 (also what ``scripts/launch_spot.sh`` runs). Map of one process::
 
     main ──register_node(N, "spot", G, None, address)──► coordinator
-      │      (answer: scheduler ref, model name, the trainer's sampler, weight version)
-      ├─ spawn "explorer" (ExplorerActor: pulls from the answer's scheduler)
+      │      (answer: scheduler ref, the trainer's model config (a dict; a name from an
+      │       older coordinator), the trainer's sampler, weight version)
+      ├─ spawn "explorer" (ExplorerActor of that model config: pulls from the scheduler)
       ├─ register_node(N, "spot", G, explorer) ─► coordinator subscribes it to the weights
       │                                           and registers it with the planner
       ├─ spawn "node" (NodeAgent) and "preemption" (PreemptionHandler, SIGTERM notice
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from spotlight.actors.coordinator import sampler_from_dict
-from spotlight.actors.explorer import ExplorerActor, ExploreSettings
+from spotlight.actors.explorer import ExplorerActor, ExploreSettings, model_config
 from spotlight.actors.preemption import PreemptionHandler, PreemptionReport
 from spotlight.actors.rollout import DrainReport
 from spotlight.runtime import Actor, ActorRef, Runtime, RuntimeConfig, endpoint
@@ -149,6 +150,11 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
         if answer.get("scheduler") is None:
             log.error("the coordinator named no explore scheduler: nothing to do")
             return 1
+        try:
+            model = model_config(answer.get("model", "tiny"))
+        except ValueError as exc:
+            log.error("the coordinator's model config is unusable: %s", exc)
+            return 1
         settings = ExploreSettings(
             trainer_sampler=sampler_from_dict(answer["sampler"]),
             pull_batch=args.pull_batch,
@@ -161,7 +167,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             name="explorer",
             scheduler=answer["scheduler"],
             worker_id=args.node_id,
-            model=answer.get("model", "tiny"),
+            model=model,
             settings=settings,
         )
         if (

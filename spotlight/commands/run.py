@@ -28,6 +28,9 @@ streams and metrics flushed -> report -> runtime shut down. A second Ctrl-C canc
 Report (RUN_DIR/report.json, and printed): iterations, validation scores, exploration
 (explored vs fallback seeds), preemptions survived and work lost, and a cost table: this
 run's on-demand + spot GPU-hours and dollars against the same GPU-hours all on-demand.
+On-demand GPUs: ``spot.ondemand_gpus``, by default the trainer's world size (one GPU per
+data-parallel rank), resolved here once the DP context is known
+(:func:`resolve_ondemand_gpus`); the coordinator's "od0" node and the report use it.
 GPU-hours are counted on the pool's clock: wall seconds x ``spot.time_scale`` (a trace
 played at 6x bills 6 s per wall second); with the spot pool off the clock is wall time.
 """
@@ -60,8 +63,9 @@ from spotlight.system_config import ConfigError, SystemConfig, load_config
 
 if TYPE_CHECKING:
     from spotlight.actors.trainer_loop import TrainerLoopConfig, TrainerSummary
+    from spotlight.models.dit import DiTConfig
 
-__all__ = ["add_arguments", "run", "trainer_loop_config"]
+__all__ = ["add_arguments", "resolve_ondemand_gpus", "run", "trainer_loop_config"]
 
 log = logging.getLogger("spotlight.commands.run")
 
@@ -74,9 +78,12 @@ EPILOG = """\
 configuration: defaults < --config FILE (YAML or TOML; see configs/default.yaml) < plain
 flags < --set section.key=value. Sections: run (iterations, time_budget_s, val_every,
 ckpt_every, seed, run_dir), trainer (seeds: random|explored, base, reward, lr, group_size,
-prompts_per_iter, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale, notice_s, ...), prices
-(preset, ondemand_usd_per_gpu_hour, spot_usd_per_gpu_hour). An unknown key is an error
-that lists the valid ones.
+prompts_per_iter, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale,
+notice_s, gpus_per_node, ondemand_gpus, ...), prices (preset, ondemand_usd_per_gpu_hour,
+spot_usd_per_gpu_hour). An unknown key is an error that lists the valid ones.
+spot.ondemand_gpus (on-demand GPUs billed) defaults to the trainer's world size: 1 here,
+torchrun's WORLD_SIZE under scripts/launch_ondemand.sh; set it when GPUs and ranks differ
+(e.g. --set spot.ondemand_gpus=8 for one process on an 8-GPU node).
 
 outputs in RUN_DIR: config.json, metrics.jsonl (every metric), trainer.jsonl, plans.jsonl,
 explore.journal, checkpoint/, curve.png, plots/, nodes.log (spot node output), report.json.
@@ -267,8 +274,17 @@ async def _live_view(monitor: Any, out: Output) -> None:
 # ------------------------------------------------------------------------- spot pool
 
 
-def _model_name(cfg: SystemConfig, progress: bool) -> str:
-    """The policy config the explorers build (they receive the weights from the trainer).
+def resolve_ondemand_gpus(cfg: SystemConfig, world_size: int) -> SystemConfig:
+    """``cfg`` with ``spot.ondemand_gpus`` set: as configured, else ``world_size`` (the
+    trainer's DP ranks, one GPU each). Done once per run, where the DP context is known;
+    config.json keeps the unresolved value so a resume on another world size re-resolves."""
+    gpus = cfg.spot.ondemand_gpu_count(world_size)
+    return dataclasses.replace(cfg, spot=dataclasses.replace(cfg.spot, ondemand_gpus=gpus))
+
+
+def _model_config(cfg: SystemConfig, progress: bool) -> DiTConfig:
+    """The base checkpoint's policy config: what the explorers build (the coordinator sends
+    it to every spot node; the weights come from the trainer), so any base can be explored.
 
     With no base configured this is where the cached tiny base is built on first use
     (minutes; a progress bar on a terminal), before the live view starts."""
@@ -277,8 +293,8 @@ def _model_name(cfg: SystemConfig, progress: bool) -> str:
     if cfg.trainer.base is None:
         from spotlight.models.base import ensure_base
 
-        return read_card(ensure_base(progress=progress)).config.name
-    return read_card(cfg.trainer.base).config.name
+        return read_card(ensure_base(progress=progress)).config
+    return read_card(cfg.trainer.base).config
 
 
 def node_command(cfg: SystemConfig, address: str) -> str:
@@ -338,6 +354,7 @@ async def _main(
     if ctx.rank != 0:  # a data-parallel follower: no runtime, rank 0 drives
         follower = await TrainerLoop(loop_cfg, run_dir, resume=resume, ctx=ctx).run()
         return {"rank": ctx.rank, "iterations": follower.iterations}
+    cfg = resolve_ondemand_gpus(cfg, ctx.world)
 
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -395,7 +412,7 @@ async def _main(
             planner=planner,
             scheduler=scheduler,
             sampler=loop_cfg.algo.sampler,
-            model=await asyncio.to_thread(_model_name, cfg, not out.json_lines),
+            model=await asyncio.to_thread(_model_config, cfg, not out.json_lines),
             name="coordinator",
         )
         await coordinator.register_node.ask(
@@ -411,6 +428,7 @@ async def _main(
             seeds=cfg.trainer.seeds,
             spot=pool.enabled,
             spot_pool=("external" if pool.external else "trace") if pool.enabled else None,
+            ondemand_gpus=cfg.spot.ondemand_gpus,
             attach=f"spotlight monitor --attach {rt.address}",
         )
         view = rt.create_task(_live_view(monitor, out), name="live view") if out.live else None

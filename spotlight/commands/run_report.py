@@ -1,7 +1,8 @@
 """The report at the end of `spotlight run`: RUN_DIR/report.json, plots, a cost table.
 
 Cost model: GPU-hours on the pool's clock (wall seconds x ``spot.time_scale``; wall seconds
-with the spot pool off). On-demand: the trainer node's GPUs for the whole run. Spot: every
+with the spot pool off). On-demand: ``spot.ondemand_gpus`` GPUs for the whole run (by
+default the trainer's world size, resolved by ``run.resolve_ondemand_gpus``). Spot: every
 node of the trace for its lifetime up to the end of the run (``CostMeter.add_trace``), busy
 or idle, as clouds bill. The comparison row prices the same GPU-hours all on-demand. The
 coordinator's own wall-clock bill is kept in ``stats.coordinator.cost`` for reference.
@@ -51,14 +52,25 @@ def build_report(
     elapsed_s: float,
     interrupted: bool,
 ) -> dict[str, Any]:
-    """report.json: results, exploration, preemptions, work lost and the cost table."""
+    """report.json: results, exploration, preemptions, work lost and the cost table.
+
+    ``cfg.spot.ondemand_gpus`` must be resolved (an int; see
+    :func:`spotlight.commands.run.resolve_ondemand_gpus`): the report cannot know the
+    trainer's world size."""
     from spotlight.actors.prices import CostMeter
+
+    ondemand_gpus = cfg.spot.ondemand_gpus
+    if ondemand_gpus is None:
+        raise ValueError(
+            "build_report needs cfg.spot.ondemand_gpus resolved to the on-demand GPU count; "
+            "pass resolve_ondemand_gpus(cfg, world_size)"
+        )
 
     prices = cfg.prices.build()
     scale = cfg.spot.time_scale if spot_on else 1.0
     sim_s = elapsed_s * scale
     meter = CostMeter(prices)
-    meter.add_interval("ondemand", 0.0, sim_s, gpus=cfg.spot.ondemand_gpus)
+    meter.add_interval("ondemand", 0.0, sim_s, gpus=ondemand_gpus)
     if trace is not None:
         meter.add_trace(trace, gpus_per_node=cfg.spot.gpus_per_node, until_s=sim_s)
     this_run = meter.summary()
@@ -105,6 +117,7 @@ def build_report(
         },
         "cost": {
             "clock": f"wall seconds x {scale:g}" if scale != 1 else "wall seconds",
+            "ondemand_gpus": ondemand_gpus,
             "prices": {
                 "name": prices.name,
                 "ondemand_usd_per_gpu_hour": prices.ondemand_usd_per_gpu_hour,

@@ -38,11 +38,30 @@ class FakePlanner(Actor):
     def __init__(self) -> None:
         self.explorers: dict[str, ActorRef] = {}
         self.gpus: list[int] = []
+        self.forgotten: list[str] = []
         self._changed = asyncio.Event()
 
     @endpoint
     async def register_explorer(self, ref: ActorRef, worker_id: str) -> None:
         self.explorers[worker_id] = ref
+        self._changed.set()
+
+    @endpoint
+    async def unregister_explorer(self, worker_id: str, ref: ActorRef | None = None) -> bool:
+        self.forgotten.append(worker_id)
+        known = self.explorers.get(worker_id)
+        if known is None or (ref is not None and known != ref):
+            return False
+        del self.explorers[worker_id]
+        self._changed.set()
+        return True
+
+    @endpoint(concurrent=True)
+    async def wait_explorers(self, ids: list[str]) -> list[str]:
+        while sorted(self.explorers) != sorted(ids):
+            self._changed.clear()
+            await self._changed.wait()
+        return list(self.forgotten)
 
     @endpoint
     async def set_spot_gpus(self, n: int) -> None:
@@ -207,6 +226,7 @@ def test_planner_and_publisher_follow_membership_and_silent_loss_is_counted() ->
             await coord.node_notice.ask("a", 1e12)  # a notice stops weights and budget at once
             assert await planner.wait_gpus.ask(1, timeout=10.0)
             assert ("unsubscribe", "a") in publisher.calls
+            assert await planner.wait_explorers.ask(["b"], timeout=10.0) == ["a"]
 
             await node_rt.shutdown("test: the node vanishes")  # no node_left: silent loss
             for _ in range(200):
@@ -218,6 +238,11 @@ def test_planner_and_publisher_follow_membership_and_silent_loss_is_counted() ->
             assert (st.preemptions_silent, st.notice_unclean, st.preemptions_notice) == (1, 0, 0)
             assert await planner.wait_gpus.ask(0, timeout=10.0)
             assert ("unsubscribe", "b") in publisher.calls
+            # The planner forgets the lost node's explorer too (it kept asking a dead one).
+            assert await planner.wait_explorers.ask([], timeout=10.0) == ["a", "b"]
+            await coord.node_left.ask("a", None)  # a leaves after its notice: no second call
+            await coord.register_node.ask("c", "spot", 1, local)
+            assert await planner.wait_explorers.ask(["c"], timeout=10.0) == ["a", "b"]
 
     arun(body())
 
@@ -270,3 +295,46 @@ def test_constructor_validates() -> None:
         Coordinator(prices=PRICES, run_id="")
     with pytest.raises(ValueError, match="metrics_period_s"):
         Coordinator(prices=PRICES, run_id="r", metrics_period_s=math.nan)
+
+
+def test_nodes_get_the_trainers_model_config_and_a_rejoined_node_is_registered_again() -> None:
+    """The answer carries the full DiTConfig (not a name), plain data that survives the wire;
+    a node that re-joins under its old id (new process, new explorer) is registered again and
+    the old incarnation's unregistration is sent once, not repeated for the new one."""
+    from spotlight.actors.explorer import model_config
+    from tests.micro import MICRO
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt, Runtime(FAST) as node_rt, Runtime(FAST) as node_rt2:
+            planner = await rt.spawn(FakePlanner, name="planner")
+            await rt.spawn(
+                Coordinator,
+                name="coordinator",
+                prices=PRICES,
+                run_id="r4",
+                planner=planner,
+                model=MICRO,
+            )
+            coord = node_rt.ref(rt.address, "coordinator")  # as a spot node sees it
+            old = await node_rt.spawn(Dummy, name="explorer")
+            answer = await coord.register_node.ask("s1", "spot", 1, old)
+            assert isinstance(answer["model"], dict) and answer["model"]["name"] == "micro"
+            assert model_config(answer["model"]) == MICRO  # lists back to tuples
+            assert await planner.wait_explorers.ask(["s1"], timeout=10.0) == []
+            await coord.node_notice.ask("s1", 1e12)
+            assert await planner.wait_explorers.ask([], timeout=10.0) == ["s1"]
+            # The node's process is replaced: same id, another runtime and explorer.
+            new = await node_rt2.spawn(Dummy, name="explorer")
+            coord2 = node_rt2.ref(rt.address, "coordinator")
+            await coord2.register_node.ask("s1", "spot", 1, new)
+            assert await planner.wait_explorers.ask(["s1"], timeout=10.0) == ["s1"]
+            assert (await planner.seen.ask())["s1"].address == node_rt2.address
+            st = await coord.statistics.ask()
+            assert st.nodes["s1"].status == "alive" and st.alive_spot_gpus == 1
+
+    arun(body())
+
+
+def test_constructor_rejects_a_model_that_is_not_a_config() -> None:
+    with pytest.raises(ValueError, match="model"):
+        Coordinator(prices=PRICES, run_id="r", model=3)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import time
 
@@ -292,5 +293,87 @@ def test_weight_chunks_from_the_publisher_become_the_explorers_weights() -> None
             got = instance.policy.state_dict()
             assert all(torch.equal(got[k], states[2][k]) for k in states[2])
             await publisher.close()
+
+    arun(body())
+
+
+# ---------------------------------------------------------------- the trainer's model config
+
+
+def test_model_config_accepts_a_config_a_name_or_wire_data() -> None:
+    from spotlight.actors.explorer import model_config
+    from spotlight.models.dit import get_config
+    from tests.micro import MICRO
+
+    assert model_config(MICRO) is MICRO
+    assert model_config("tiny") == get_config("tiny")
+    wire = {**MICRO.to_dict(), "axes_dims_rope": list(MICRO.axes_dims_rope)}  # as msgpack has it
+    assert model_config(wire) == MICRO
+    with pytest.raises(ValueError, match="unknown DiT config 'huge'; valid"):
+        model_config("huge")
+    with pytest.raises(ValueError, match="unknown DiTConfig fields"):
+        model_config({**wire, "layers": 2})
+    with pytest.raises(ValueError, match="model must be"):
+        model_config(3)  # type: ignore[arg-type]
+
+
+def test_weights_of_another_config_are_rejected_naming_both_shapes() -> None:
+    """An explorer built from a config other than the trainer's (the old named-config bug:
+    a ``tiny`` explorer for a ``micro`` base) says so when the weights arrive."""
+    from spotlight.actors.explorer import weights_fit
+    from spotlight.runtime.errors import RemoteError
+    from tests.micro import MICRO
+
+    tiny = build_policy("tiny", seed=0)
+    micro_state = build_policy(MICRO, seed=0).state_dict()
+    with pytest.raises(ValueError, match=r"config 'tiny' \(\d+ shape mismatch") as info:
+        weights_fit(tiny, micro_state, version=3)
+    assert re.search(r"\(\d+, \d+\) in the weights, \(\d+, \d+\) in the model", str(info.value))
+    state = build_policy("tiny", seed=1).state_dict()
+    weights_fit(tiny, state, version=3)  # the same config fits: no error
+    key = "transformer.img_in.weight"
+    one_off = {**state, key: torch.zeros(32, 12)}
+    del one_off["text_encoder.pos_LE"]
+    with pytest.raises(ValueError) as info:
+        weights_fit(tiny, one_off, version=4)
+    assert f"{key}: (32, 12) in the weights, {tuple(state[key].shape)} in the model" in str(
+        info.value
+    )
+    assert "1 tensor(s) missing from the weights, e.g. text_encoder.pos_LE" in str(info.value)
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            explorer = await rt.spawn(ExplorerActor, name="e0", scheduler=sched, worker_id="e0")
+            with pytest.raises((ValueError, RemoteError), match="does not fit"):
+                await explorer.load_weights.ask(1, micro_state)
+            st = await explorer.statistics.ask()
+            assert st.versions_rejected == 1 and st.versions_received == 0
+
+    arun(body())
+
+
+def test_an_explorer_of_the_micro_config_explores_micro_weights() -> None:
+    from tests.micro import MICRO
+
+    state = build_policy(MICRO, seed=4).state_dict()
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            settings = ExploreSettings(pull_batch=4, micro_batch=4, idle_pull_s=0.05)
+            explorer = await rt.spawn(
+                ExplorerActor,
+                name="e0",
+                scheduler=sched,
+                worker_id="e0",
+                model=MICRO.to_dict(),
+                settings=settings,
+            )
+            assert await explorer.load_weights.ask(1, state)
+            await sched.submit.ask(_requests("m", 4, deadline=None))
+            results = await _collect(sched, "x/m")
+            assert len(results) == 4 and {r.version for r in results} == {1}
+            assert all(0.0 <= r.reward <= 1.0 and not r.skipped for r in results)
 
     arun(body())

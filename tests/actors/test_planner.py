@@ -182,6 +182,14 @@ class SyntheticExplorer(Actor):
                 await self.scheduler.complete.ask(req.request_id, lease.token, res, timeout=10.0)
 
 
+class Idle(Actor):
+    """An explorer that never pulls (its node is about to be lost)."""
+
+    @endpoint
+    async def noop(self) -> None:
+        return None
+
+
 async def _planner(rt: Runtime, **cfg: object) -> tuple[ActorRef, ActorRef]:
     sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig(lease_ttl_s=30.0))
     config = PlannerConfig(
@@ -245,5 +253,44 @@ def test_rounds_reach_explorers_and_groups_use_explored_extremes() -> None:
             assert by_prompt["never"].explored_variance == 0.0
             stats = await planner.statistics.ask()
             assert stats.requests_submitted * 0.01 <= answer.budget_gpu_s + 1e-9
+
+    arun(body())
+
+
+def test_unregistered_explorers_are_forgotten_and_a_round_in_flight_survives() -> None:
+    """A spot node leaves mid-round: the planner drops its explorer (idempotently; a newer
+    incarnation under the same id stays), counts no GPU for it, and the round in flight
+    still ends in an answer (the lost seeds are fallbacks, nothing raises)."""
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            _sched, planner = await _planner(rt, default_iteration_s=2.0, initial_seeds=2)
+            old = await rt.spawn(Idle, name="old")  # stands for n1's explorer
+            await planner.register_explorer.ask(old, "n1")
+            other = rt.ref(rt.address, "elsewhere")
+            await planner.register_explorer.ask(other, "n2")
+            assert (await planner.statistics.ask()).explorers == ["n1", "n2"]
+            # No set_spot_gpus: the budget counts the registered explorers (2 GPUs).
+            assert await planner.plan.ask("b1", ["a", "b"], time.time()) > 0
+            deadline = time.monotonic() + 30
+            while (await planner.statistics.ask()).requests_submitted == 0:  # round 0 is out
+                assert time.monotonic() < deadline, "no round was submitted"
+                await asyncio.sleep(0.02)  # polling the planner's own counter
+            # n1's node is lost with the round in flight: nobody explores those seeds.
+            await rt.stop_actor("old")
+            assert await planner.unregister_explorer.ask("n1", old) is True
+            assert await planner.unregister_explorer.ask("n1", old) is False  # idempotent
+            assert await planner.unregister_explorer.ask("ghost") is False  # unknown: no-op
+            # A stale unregistration (old ref) keeps a newer explorer under the same id.
+            assert await planner.unregister_explorer.ask("n2", old) is False
+            assert (await planner.statistics.ask()).explorers == ["n2"]
+            answer = await seeds_for_iteration(planner, "b1", ["a", "b"], 4)
+            assert answer.fallback_seeds == 8  # nothing came back, the trainer still has seeds
+            assert await planner.unregister_explorer.ask("n2") is True
+            # With no explorer left and no GPU count set, the next batch has no budget.
+            assert await planner.plan.ask("b2", ["a"], time.time()) == 0.0
+            assert (await seeds_for_iteration(planner, "b2", ["a"], 4)).fallback_seeds == 4
+            stats = await planner.statistics.ask()
+            assert stats.explorers == [] and stats.batches_answered == 2
 
     arun(body())

@@ -173,3 +173,64 @@ def test_a_node_never_hangs_when_the_coordinator_is_absent_or_goes_away(tmp_path
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+
+
+def test_a_spot_node_explores_a_base_that_is_not_a_named_config(
+    micro_base: Path, tmp_path: Path
+) -> None:
+    """The coordinator's model is the micro base checkpoint's config (no named config has its
+    shapes): the node builds it from register_node's answer, loads the published micro
+    weights and explores (rewards come back)."""
+    from spotlight.models.checkpoint import load_checkpoint
+
+    policy, card = load_checkpoint(micro_base)
+    assert card.config.name == "micro"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="explore_scheduler")
+            publisher = WeightPublisher(chunk_bytes=64 << 10)
+            coord = await rt.spawn(
+                Coordinator,
+                name="coordinator",
+                prices=Prices(),
+                run_id="t",
+                publisher=publisher,
+                scheduler=sched,
+                model=card.config,
+                sampler=SamplerConfig(num_steps=2, noise_level=0.7, sde_window=(0, 1)),
+            )
+            publisher.publish(1, policy.state_dict())
+            node, ready = _start("sM", rt.address, tmp_path)
+            procs.append(node)
+            await _ready(ready)
+            assert (await coord.statistics.ask()).nodes["sM"].status == "alive"
+            requests = [
+                SampleRequest(
+                    request_id=f"m/{i}", group_id="m", prompt="a red circle", seed=i,
+                    num_steps=2, deadline=None, kind="explore",
+                )
+                for i in range(4)
+            ]  # fmt: skip
+            await sched.submit.ask(requests)
+            results = None
+            for _ in range(240):
+                groups = await sched.collect.ask(wait_s=0.5, timeout=20.0)
+                if groups:
+                    results = groups[0].results
+                    break
+                log = (tmp_path / "sM.log").read_text()
+                assert node.poll() is None and "rejects weights" not in log, log[-3000:]
+            assert results is not None, (tmp_path / "sM.log").read_text()[-3000:]
+            assert {r.version for r in results} == {1} and {r.worker_id for r in results} == {"sM"}
+            assert all(0.0 <= r.reward <= 1.0 and not r.skipped for r in results)
+            await publisher.close()
+
+    try:
+        arun(body())
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
