@@ -176,6 +176,25 @@ def test_partial_credit_is_graded(reward: GenEvalReward) -> None:
     assert totals == sorted(totals) and totals[0] == 0.0 and totals[-1] == 1.0  # type: ignore[type-var]
 
 
+def test_spare_objects_never_buy_position_credit(reward: GenEvalReward) -> None:
+    """Scattering spare copies gives the matching more candidates for the relation; the
+    position part is scaled by #slots / #detections so that never pays (RL found it did)."""
+
+    def img(shapes: list[Shape]) -> np.ndarray:
+        return render(Scene("", tuple(shapes)))
+
+    prompt = "a red circle left of a blue square"
+    wrong = [Shape("circle", "red", 24.0, 16.0, 7.0), Shape("square", "blue", 8.0, 16.0, 7.0)]
+    spares = [Shape("circle", "red", 5.0, 5.0, 6.0), Shape("square", "blue", 27.0, 27.0, 6.0)]
+    exact = reward.score(img(wrong), prompt)
+    scattered = reward.score(img(wrong + spares), prompt)
+    right = [Shape("circle", "red", 8.0, 16.0, 7.0), Shape("square", "blue", 24.0, 16.0, 7.0)]
+    assert exact.position == 0.0 and scattered.n_detected == 4
+    # The spares satisfy the relation, but at half credit: 4 detections for 2 slots.
+    assert scattered.position == pytest.approx(0.5, abs=0.05)
+    assert scattered.total < 0.75 < reward.score(img(right), prompt).total
+
+
 def test_detect_finds_touching_shapes_and_ignores_specks(reward: GenEvalReward) -> None:
     touching = (Shape("circle", "red", 10.0, 16.0, 9.0), Shape("circle", "red", 18.5, 16.0, 9.0))
     im = render(Scene("", touching))

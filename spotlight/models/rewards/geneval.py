@@ -34,7 +34,9 @@ Pipeline for one image (H×W×3 uint8):
    and for position captions, per (first, second) matched pair, a smooth margin score
        ramp(offset along the relation axis; −m → 0, +m → 1) · ramp(cos angle to the axis; 0.3 → 0, 0.6 → 1)
    with m = ``position_margin`` × image size (GenEval's rule is a 0.1 margin and a 60° cone); the
-   position part is the mean over all pairs (unmatched slots give 0), and
+   position part is the mean over all pairs (unmatched slots give 0) times #slots / N, so that
+   extra objects cost here too (without it RL learned to scatter spare copies of the objects:
+   more candidates for the matching, more position credit, a small loss in attrs), and
        total = 0.5·attrs + 0.5·position      (attrs alone without a relation).
    Partial credit everywhere keeps the RL signal dense: one object missing of three scores ~0.67,
    a right colour with a wrong shape keeps the colour credit, a swapped colour binding keeps only
@@ -301,7 +303,7 @@ class GenEvalReward:
         attrs = 0.5 * binding + 0.25 * color + 0.15 * shape + 0.1 * count
         if spec.relation is None:
             return RewardBreakdown(count, color, shape, binding, None, attrs, n_det)
-        position = self._position(dets, slots, matched, spec.relation, size)
+        position = self._position(dets, slots, matched, spec.relation, size) * n_slots / denom
         total = 0.5 * attrs + 0.5 * position
         return RewardBreakdown(count, color, shape, binding, position, total, n_det)
 
