@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         budget_s=budget, base=args.base, quick=args.quick, objective=args.objective, lr=args.lr
     )
     name = "learning_quick" if args.quick else "learning"
+    if args.objective != "flow_grpo":
+        name += f"_{args.objective}"  # learning_nft.json beside Flow-GRPO's learning.json
     out = args.out or RESULTS / f"{name}.json"
     run_dir = args.run_dir or Path("runs") / f"bench-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.parent.mkdir(parents=True, exist_ok=True)

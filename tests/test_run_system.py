@@ -52,6 +52,8 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
     )
     assert c.run.iterations == 7 and not c.spot.enabled and c.trainer.lr == 2e-5
     assert c.trainer.window() is None
+    nft = apply_overrides(c, ["trainer.objective=nft", "trainer.nft_beta=0.5"]).trainer.algo()
+    assert nft.objective == "nft" and nft.nft.beta == 0.5
     d = apply_overrides(
         c, ["run.time_budget_s=none", "spot.enabled=yes", "prices.preset=gcp-a3-high-2026"]
     )
@@ -74,6 +76,8 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
         (["lr=1"], r"one dot"),
         (["trainer.lr=fast"], r"trainer.lr='fast' is not a valid float"),
         (["trainer.seeds=some"], r"trainer.seeds='some'; valid: random, explored"),
+        (["trainer.objective=ppo"], r"trainer.objective='ppo'; valid: flow_grpo, nft"),
+        (["trainer.nft_beta=0"], r"trainer: NftConfig.beta must be > 0"),
         (["run.iterations=0"], r"run.iterations must be an integer >= 1"),
         (["trainer.sde_window=3"], r"start:stop"),
         (["trainer.group_size=1"], r"group_size"),

@@ -10,8 +10,8 @@ Map (one loop per DP rank; rank 0 talks to the rest of the system, the others fo
               or random_plan(run seed, k)               seeds: random / unplanned / planner down
          append plan_k to RUN_DIR/plans.jsonl (fsync) BEFORE it is used
       3. broadcast {plan_k | stop} to the DP ranks      torch.distributed (H1's broadcast_object)
-      4. rollout + GRPO update on the global batch      on the loop's one torch thread: the
-                                                        runtime keeps serving while torch works
+      4. rollout + GRPO update on the global batch      asyncio.to_thread: the runtime keeps
+                                                        serving while torch works
       5. publisher.publish(k+1, policy)                 one flat copy; streamed in background
       6. planner.record_iteration(seconds); metrics "trainer", "exploration"
          validation every val_every ("validation"), checkpoint every ckpt_every (atomic)
@@ -37,17 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import math
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -77,7 +75,6 @@ if TYPE_CHECKING:
 __all__ = ["TrainerLoop", "TrainerLoopConfig", "TrainerSummary", "init_context"]
 
 log = logging.getLogger("spotlight.actors.trainer_loop")
-_T = TypeVar("_T")
 
 RewardFn = Callable[[np.ndarray, list[str]], np.ndarray]
 
@@ -187,7 +184,6 @@ class TrainerLoop:
         self.optimizer: Any = None
         self._planned: set[int] = set()
         self._n = {"fallback_seeds": 0, "explored_seeds": 0, "plans_reused": 0}
-        self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer-torch")
 
     @property
     def is_leader(self) -> bool:
@@ -340,7 +336,7 @@ class TrainerLoop:
         }
 
     async def _validation(self, iteration: int) -> dict[str, Any]:
-        rec = await self._torch_call(self._validate, iteration)
+        rec = await asyncio.to_thread(self._validate, iteration)
         self.trainer_log.write(rec)
         self._publish(
             "validation",
@@ -387,30 +383,10 @@ class TrainerLoop:
 
     # -- the loop ------------------------------------------------------------------------
 
-    async def _torch_call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Run torch work off the event loop, always on the SAME thread.
-
-        Why one thread, not asyncio's pool: CUDA's current device and stream are per-thread
-        state, and OpenMP keeps a thread team per calling thread; a call that lands on
-        whichever pool thread is free sees neither consistently. (On this 2-core CPU the
-        three ways cost the same: 1.48 s per tiny-model iteration on this thread, 1.51 s via
-        ``asyncio.to_thread``, 1.54 s on the main thread, median of 8.)
-        """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._torch_thread, functools.partial(fn, *args, **kwargs)
-        )
-
     async def run(self, stop: asyncio.Event | None = None) -> TrainerSummary:
         """Run (or resume) up to ``config.iterations``; every DP rank calls this."""
-        try:
-            return await self._run(stop)
-        finally:
-            self._torch_thread.shutdown(wait=False)
-
-    async def _run(self, stop: asyncio.Event | None) -> TrainerSummary:
         cfg = self.config
-        await self._torch_call(self._setup)
+        await asyncio.to_thread(self._setup)
         start = self.iteration
         leader = self.is_leader
         if leader:
@@ -447,7 +423,7 @@ class TrainerLoop:
                     plan = None
             else:
                 plan = None
-            message = await self._torch_call(
+            message = await asyncio.to_thread(
                 _broadcast, None if plan is None else plan_to_json(plan), self.ctx
             )
             if message is None:
@@ -456,13 +432,13 @@ class TrainerLoop:
             plan = plan_from_json(message)
             prompts, seeds = flatten(plan)
             t0 = time.perf_counter()
-            stats = await self._torch_call(
+            stats = await asyncio.to_thread(
                 dp_iteration,
                 self.policy,
                 self.optimizer,
                 prompts,
                 seeds,
-                self._reward_fn,
+                self._reward_fn,  # type: ignore[arg-type]
                 cfg.algo,
                 self.ctx,
                 shuffle_seed=cfg.seed * 7919 + k,
@@ -487,9 +463,9 @@ class TrainerLoop:
                 last_validated = k
                 # Redrawn with each validation, not each iteration: a matplotlib render costs
                 # ~0.12 s, ~8% of a tiny-model iteration on the leader's critical path.
-                await self._torch_call(self._curve)
+                await asyncio.to_thread(self._curve)
             if k % cfg.ckpt_every == 0 or last:
-                await self._torch_call(self._save, k)
+                await asyncio.to_thread(self._save, k)
                 last_saved = k
             if self._progress is not None:
                 self._progress(f"iteration {k}/{cfg.iterations} reward {stats.reward.mean:.3f}")
@@ -497,8 +473,8 @@ class TrainerLoop:
             if last_validated != self.iteration:
                 await self._validation(self.iteration)
             if last_saved != self.iteration:
-                await self._torch_call(self._save, self.iteration)
-            await self._torch_call(self._curve)
+                await asyncio.to_thread(self._save, self.iteration)
+            await asyncio.to_thread(self._curve)
         vals = [r for r in self.trainer_log.records if r["kind"] == "validation"] if leader else []
         return TrainerSummary(
             start_iteration=start,

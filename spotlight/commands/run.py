@@ -78,7 +78,7 @@ EPILOG = """\
 configuration: defaults < --config FILE (YAML or TOML; see configs/default.yaml) < plain
 flags < --set section.key=value. Sections: run (iterations, time_budget_s, val_every,
 ckpt_every, seed, run_dir), trainer (seeds: random|explored, base, reward, lr, group_size,
-prompts_per_iter, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale,
+prompts_per_iter, objective: flow_grpo|nft, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale,
 notice_s, gpus_per_node, ondemand_gpus, ...), prices (preset, ondemand_usd_per_gpu_hour,
 spot_usd_per_gpu_hour). An unknown key is an error that lists the valid ones.
 spot.ondemand_gpus (on-demand GPUs billed) defaults to the trainer's world size: 1 here,

@@ -46,7 +46,7 @@ from torch import Tensor
 from spotlight.models.dit import DiTPolicy
 from spotlight.models.sampler import TrajectoryState, keyed_generator, keyed_noise
 
-__all__ = ["NftConfig", "NftLoss", "forward_points", "nft_loss", "nft_train"]
+__all__ = ["NftConfig", "NftLoss", "forward_points", "nft_loss", "nft_train", "reward_probability"]
 
 
 @dataclass(frozen=True, kw_only=True)
