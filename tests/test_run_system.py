@@ -54,6 +54,12 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
     assert c.trainer.window() is None
     nft = apply_overrides(c, ["trainer.objective=nft", "trainer.nft_beta=0.5"]).trainer.algo()
     assert nft.objective == "nft" and nft.nft.beta == 0.5
+    # The trainer gets a dedicated torch thread unless local spot processes share its cores.
+    from spotlight.commands.run import trainer_loop_config
+
+    assert not trainer_loop_config(SystemConfig()).dedicated_torch_thread
+    for flags in (["spot.enabled=false"], ["spot.pool=external"]):
+        assert trainer_loop_config(apply_overrides(SystemConfig(), flags)).dedicated_torch_thread
     d = apply_overrides(
         c, ["run.time_budget_s=none", "spot.enabled=yes", "prices.preset=gcp-a3-high-2026"]
     )

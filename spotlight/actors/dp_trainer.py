@@ -120,7 +120,7 @@ class DPContext:
     local_rank: int = 0
     """This rank's CUDA device index under NCCL (torchrun's ``LOCAL_RANK``). Kept here, not
     read from ``torch.cuda.current_device()``: the current device is per thread, and the
-    trainer loop runs iterations in worker threads (``asyncio.to_thread``)."""
+    trainer loop runs iterations in worker threads."""
 
     @property
     def device(self) -> torch.device:

@@ -168,6 +168,7 @@ def train_local(
         seed=settings.seed,
         reward=settings.reward,
         base=base,
+        dedicated_torch_thread=True,  # one process, the host's cores are the trainer's
     )
     done = [int(json.loads(state.read_text())["iteration"]) if resume else 0]
     bar = _Progress(settings.iterations, progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,30 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(base: Path, tmp_p
     log = [json.loads(x) for x in (tmp_path / "split" / "trainer.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log if r["kind"] == "iteration"] == [1, 2, 3, 4]
     assert [r["iteration"] for r in log if r["kind"] == "validation"] == [0, 2, 4]
+
+
+@pytest.mark.timeout(120)
+def test_a_dedicated_torch_thread_does_all_torch_work_and_changes_no_result(
+    base: Path, tmp_path: Path
+) -> None:
+    threads: list[int] = []
+
+    def reward(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        threads.append(threading.get_ident())  # rollouts and validations call it
+        return _redness(images, prompts)
+
+    pooled = _run(_config(base, 2), tmp_path / "pooled")
+    loop = TrainerLoop(
+        _config(base, 2, dedicated_torch_thread=True), tmp_path / "dedicated", reward_fn=reward
+    )
+    asyncio.run(loop.run())
+    assert len(set(threads)) == 1 and threads[0] != threading.get_ident()
+    assert len(threads) == 2 + 2  # 2 iterations, validations at 0 and 2
+    a, b = _params(pooled), _params(loop)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    with pytest.raises(RuntimeError):  # shut down when run() returned: no thread left behind
+        loop._torch_thread.submit(int)  # type: ignore[union-attr]
 
 
 @pytest.mark.timeout(120)
