@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from spotlight.models.dit import DiTConfig
 
 MICRO = DiTConfig(
@@ -29,3 +31,9 @@ def save_micro_base(path: Path, *, seed: int = 2) -> Path:
 
     save_checkpoint(build_policy(MICRO, seed=seed), path, CheckpointCard(config=MICRO, steps=0))
     return path
+
+
+def redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    """A reward with a clear direction and spread between seeds: how red the image is, [0, 1]."""
+    img = images.astype(np.float32) / 255.0
+    return np.clip(0.5 + 0.5 * (img[..., 0] - img[..., 1:].mean(-1)).mean(axis=(1, 2)), 0, 1)

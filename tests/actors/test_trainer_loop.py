@@ -20,12 +20,7 @@ from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.sampler import SamplerConfig
-from tests.micro import MICRO
-
-
-def _redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    img = images.astype(np.float32) / 255.0
-    return np.clip(0.5 + 0.5 * (img[..., 0] - img[..., 1:].mean(-1)).mean(axis=(1, 2)), 0, 1)
+from tests.micro import MICRO, redness
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +55,7 @@ def _config(base: Path, iterations: int, micro_batch: int = 4, **kw: object) -> 
 
 
 def _run(config: TrainerLoopConfig, run_dir: Path, *, resume: bool = False) -> TrainerLoop:
-    loop = TrainerLoop(config, run_dir, resume=resume, reward_fn=_redness)
+    loop = TrainerLoop(config, run_dir, resume=resume, reward_fn=redness)
     asyncio.run(loop.run())
     return loop
 
@@ -105,7 +100,7 @@ def test_a_dedicated_torch_thread_does_all_torch_work_and_changes_no_result(
 
     def reward(images: np.ndarray, prompts: list[str]) -> np.ndarray:
         threads.append(threading.get_ident())  # rollouts and validations call it
-        return _redness(images, prompts)
+        return redness(images, prompts)
 
     pooled = _run(_config(base, 2), tmp_path / "pooled")
     loop = TrainerLoop(
@@ -129,14 +124,14 @@ def test_a_recorded_plan_is_reused_when_an_iteration_is_redone(base: Path, tmp_p
     log = PlanLog(run_dir / "plans.jsonl")
     prompts = [g.prompt for g in random_plan("b2", ["x", "y"], 3, seed=0).groups]
     assert prompts == ["x", "y"]
-    loop0 = TrainerLoop(_config(base, 3), run_dir, resume=True, reward_fn=_redness)
+    loop0 = TrainerLoop(_config(base, 3), run_dir, resume=True, reward_fn=redness)
     loop0._setup()
     custom = random_plan("b2", loop0.prompts_for(2), 3, seed=123)
     assert custom != random_plan("b2", loop0.prompts_for(2), 3, seed=plan_seed(5, 2))
     log.append(2, custom)
     with open(run_dir / "plans.jsonl", "a") as f:
         f.write('{"iteration": 3, "plan": {"batch')  # a torn last line
-    resumed = TrainerLoop(_config(base, 3), run_dir, resume=True, reward_fn=_redness)
+    resumed = TrainerLoop(_config(base, 3), run_dir, resume=True, reward_fn=redness)
     summary = asyncio.run(resumed.run())
     assert summary.plans_reused == 1 and summary.start_iteration == 2
     assert PlanLog(run_dir / "plans.jsonl").get(2) == custom
@@ -161,7 +156,7 @@ def test_config_errors_name_the_field(base: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_resume_without_a_checkpoint_is_a_clear_error(base: Path, tmp_path: Path) -> None:
-    loop = TrainerLoop(_config(base, 2), tmp_path / "empty", resume=True, reward_fn=_redness)
+    loop = TrainerLoop(_config(base, 2), tmp_path / "empty", resume=True, reward_fn=redness)
     with pytest.raises(ValueError, match="no checkpoint"):
         asyncio.run(loop.run())
 
@@ -287,7 +282,7 @@ def test_explored_mode_asks_a_real_planner_and_publishes_metrics(
                 tmp_path / "run",
                 planner=planner,
                 metrics=metrics,
-                reward_fn=_redness,
+                reward_fn=redness,
             )
             await loop.run()
             assert await metrics.flush(10.0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,15 +22,9 @@ from spotlight.models.flow_grpo import (
 from spotlight.models.grpo import GrpoConfig, group_advantages
 from spotlight.models.nft import NftConfig
 from spotlight.models.sampler import SamplerConfig
-from tests.micro import MICRO
+from tests.micro import MICRO, redness
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
-
-
-def _redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    """A reward with a clear direction: how red the image is, in [0, 1]."""
-    img = images.astype(np.float32) / 255.0
-    return np.clip(0.5 + 0.5 * (img[..., 0] - img[..., 1:].mean(-1)).mean(axis=(1, 2)), 0, 1)
 
 
 def _config(**kw: object) -> FlowGrpoConfig:
@@ -57,7 +50,7 @@ def test_first_pass_ratio_is_exactly_one_with_the_real_dit() -> None:
     config = _config(inner_epochs=2)
     opt = torch.optim.AdamW(policy.parameters(), lr=config.lr)
     prompts, seeds = _pairs(config)
-    stats, batch = flow_grpo_iteration(policy, opt, prompts, seeds, _redness, config)
+    stats, batch = flow_grpo_iteration(policy, opt, prompts, seeds, redness, config)
     assert stats.first_ratio_dev == 0.0
     assert [s.x_BNC.shape[0] for s in batch.chunks] == [5, 5, 2]
     assert stats.optimizer_steps == 6  # 3 chunks × 2 epochs
@@ -72,7 +65,7 @@ def test_one_update_raises_the_log_prob_of_better_samples() -> None:
     config = _config(micro_batch=12, lr=1e-4, grpo=GrpoConfig(clip_range=0.2))
     opt = torch.optim.SGD(policy.parameters(), lr=0.5)  # plain gradient step: first-order check
     prompts, seeds = _pairs(config)
-    _, batch = flow_grpo_iteration(policy, opt, prompts, seeds, _redness, config)
+    _, batch = flow_grpo_iteration(policy, opt, prompts, seeds, redness, config)
     adv = group_advantages(batch.rewards_B, batch.prompts)
     state = batch.chunks[0]
     with torch.no_grad():
@@ -88,8 +81,8 @@ def test_one_update_raises_the_log_prob_of_better_samples() -> None:
 def test_validation_uses_the_ode_and_is_deterministic() -> None:
     policy = build_policy(MICRO, seed=3)
     sampler = SamplerConfig(num_steps=3)
-    a = validate(policy, PROMPTS, [0, 1], _redness, sampler, micro_batch=4)
-    b = validate(policy, PROMPTS, [0, 1], _redness, sampler, micro_batch=4)
+    a = validate(policy, PROMPTS, [0, 1], redness, sampler, micro_batch=4)
+    b = validate(policy, PROMPTS, [0, 1], redness, sampler, micro_batch=4)
     assert a.score == b.score and a.rewards_PS.shape == (3, 2)
     assert a.spread == pytest.approx(float(a.rewards_PS.mean(axis=0).std()))
     states, _ = generate(policy, PROMPTS, [0, 1, 2], sampler, micro_batch=2, mode="ode")
@@ -121,12 +114,12 @@ def test_local_trainer_resumes_identically(tmp_path: Path, algo_kw: dict[str, ob
     )
     straight, split = tmp_path / "straight", tmp_path / "split"
     train_cmd.train_local(
-        _settings(base, 2, **algo_kw), straight, progress=False, reward_fn=_redness
+        _settings(base, 2, **algo_kw), straight, progress=False, reward_fn=redness
     )
-    train_cmd.train_local(_settings(base, 1, **algo_kw), split, progress=False, reward_fn=_redness)
+    train_cmd.train_local(_settings(base, 1, **algo_kw), split, progress=False, reward_fn=redness)
     # Resuming reads the algorithm back from run.json (objective and NFT knobs included).
     summary = train_cmd.train_local(
-        _settings(base, 2, **algo_kw), split, resume=True, progress=False, reward_fn=_redness
+        _settings(base, 2, **algo_kw), split, resume=True, progress=False, reward_fn=redness
     )
     stored = train_cmd.RunSettings.from_json(json.loads((split / "run.json").read_text()))
     assert stored.algo == _settings(base, 2, **algo_kw).algo
@@ -165,7 +158,7 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     policy = build_policy(MICRO)
     opt = torch.optim.AdamW(policy.parameters())
     with pytest.raises(ValueError, match="pairs"):
-        flow_grpo_iteration(policy, opt, ["a red circle"], [0], _redness, _config())
+        flow_grpo_iteration(policy, opt, ["a red circle"], [0], redness, _config())
 
 
 def test_cli_requires_local_and_parses_the_window(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,6 @@ towards good samples' clean images and away from bad ones'."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,14 +12,9 @@ from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration
 from spotlight.models.grpo import GrpoConfig, group_advantages
 from spotlight.models.nft import NftConfig, forward_points, nft_loss, reward_probability
 from spotlight.models.sampler import SamplerConfig
-from tests.micro import MICRO
+from tests.micro import MICRO, redness
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
-
-
-def _redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    img = images.astype(np.float32) / 255.0
-    return np.clip(0.5 + 0.5 * (img[..., 0] - img[..., 1:].mean(-1)).mean(axis=(1, 2)), 0, 1)
 
 
 def _config(**kw: object) -> FlowGrpoConfig:
@@ -85,7 +79,7 @@ def test_one_update_pulls_good_samples_closer_than_bad_ones() -> None:
     initial = build_policy(MICRO, seed=2)
     policy = build_policy(MICRO, seed=2)
     opt = torch.optim.SGD(policy.parameters(), lr=0.05)  # plain gradient step: first order
-    stats, batch = flow_grpo_iteration(policy, opt, *_pairs(config), _redness, config)
+    stats, batch = flow_grpo_iteration(policy, opt, *_pairs(config), redness, config)
     state, prompts = batch.chunks[0], batch.chunk_prompts[0]
 
     def fm_error(model: DiTPolicy) -> torch.Tensor:
@@ -114,7 +108,7 @@ def test_nft_iteration_is_deterministic_and_needs_no_sde_step() -> None:
     for _ in range(2):
         policy = build_policy(MICRO, seed=4)
         opt = torch.optim.AdamW(policy.parameters(), lr=config.lr)
-        stats, _ = flow_grpo_iteration(policy, opt, *_pairs(config), _redness, config)
+        stats, _ = flow_grpo_iteration(policy, opt, *_pairs(config), redness, config)
         results.append((stats, torch.cat([p.detach().flatten() for p in policy.parameters()])))
     assert torch.equal(results[0][1], results[1][1])
     assert results[0][0].optimizer_steps == 4  # 3 chunks in updates of 2 → 2 per epoch × 2
