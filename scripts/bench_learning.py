@@ -51,7 +51,7 @@ import torch
 
 from spotlight.commands.train import RunSettings, train_local
 from spotlight.models.batches import iteration_seeds, validation_set
-from spotlight.models.flow_grpo import FlowGrpoConfig
+from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.sampler import SamplerConfig
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=str, default=None, help="base checkpoint (default: cached)")
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--objective", choices=("flow_grpo", "nft"), default="flow_grpo")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="flow_grpo")
     parser.add_argument("--lr", type=float, default=None)
     args = parser.parse_args(argv)
 

@@ -33,7 +33,7 @@ import torch
 from spotlight.models import scenes
 from spotlight.models.batches import iteration_prompts
 from spotlight.models.checkpoint import load_checkpoint
-from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration
+from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig, flow_grpo_iteration
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.rewards import build_reward
 from spotlight.models.sampler import SamplerConfig
@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS / "grad_snr.json")
-    parser.add_argument(
-        "--only", nargs="*", choices=("flow_grpo", "nft"), help="run these objectives only"
-    )
+    parser.add_argument("--only", nargs="*", choices=OBJECTIVES, help="run these objectives only")
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error("--repeats must be >= 2 (cosines need pairs)")

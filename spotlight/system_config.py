@@ -161,8 +161,12 @@ class TrainerSection:
         ):
             _positive_int("trainer", name, getattr(self, name))
         self.window()  # validates the text
-        if self.objective not in ("flow_grpo", "nft"):
-            raise ConfigError(f"trainer.objective={self.objective!r}; valid: flow_grpo, nft")
+        from spotlight.models.flow_grpo import OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"trainer.objective={self.objective!r}; valid: {', '.join(OBJECTIVES)}"
+            )
 
     def window(self) -> tuple[int, int] | None:
         if self.sde_window == "all":

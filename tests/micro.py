@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from spotlight.models.dit import DiTConfig
+from spotlight.models.flow_grpo import FlowGrpoConfig
+from spotlight.models.grpo import GrpoConfig
+from spotlight.models.sampler import SamplerConfig
 
 MICRO = DiTConfig(
     name="micro",
@@ -37,3 +40,27 @@ def redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
     """A reward with a clear direction and spread between seeds: how red the image is, [0, 1]."""
     img = images.astype(np.float32) / 255.0
     return np.clip(0.5 + 0.5 * (img[..., 0] - img[..., 1:].mean(-1)).mean(axis=(1, 2)), 0, 1)
+
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
+
+
+def micro_algo(**kw: object) -> FlowGrpoConfig:
+    """A one-iteration algorithm the micro DiT runs in a blink: 3 prompts × 4 seeds in chunks
+    of 5, 5, 2 (``micro_batch`` does not divide the batch, on purpose); ``kw`` overrides."""
+    base: dict[str, object] = {
+        "prompts_per_iter": 3,
+        "group_size": 4,
+        "micro_batch": 5,
+        "sampler": SamplerConfig(num_steps=4, noise_level=0.9, sde_window=(0, 2)),
+        "grpo": GrpoConfig(clip_range=1e-2),
+        "lr": 1e-3,
+    }
+    base.update(kw)
+    return FlowGrpoConfig(**base)  # type: ignore[arg-type]
+
+
+def micro_pairs(config: FlowGrpoConfig) -> tuple[list[str], list[int]]:
+    """Per-sample (prompts, seeds) for ``config``: each of PROMPTS ``group_size`` times."""
+    prompts = [p for p in PROMPTS for _ in range(config.group_size)]
+    return prompts, list(range(100, 100 + len(prompts)))

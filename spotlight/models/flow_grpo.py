@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ RewardFn = Callable[[np.ndarray, list[str]], np.ndarray]
 """``reward_fn(images_uint8_BHWC, prompts) -> float32 [B]`` in [0, 1]."""
 
 Objective = Literal["flow_grpo", "nft"]
-OBJECTIVES: tuple[str, ...] = ("flow_grpo", "nft")
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 GradSync = Callable[[list[Tensor]], None]
 """``grad_sync(grads)``: makes the accumulated gradients (parameter order) the global ones,

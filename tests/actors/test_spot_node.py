@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +66,27 @@ async def _ready(*files: Path, within_s: float = 150.0) -> None:
         await asyncio.sleep(0.1)  # polling a file another process writes
 
 
+async def _explore(
+    sched: ActorRef, group: str, n: int, *, tries: int, between: Callable[[], None] = lambda: None
+) -> list[Any] | None:
+    """Submit ``n`` explore requests of "a red circle" and wait (``tries`` × 0.5 s) for the
+    group's results; ``between`` runs after each empty wait (e.g. to check a node's log)."""
+    requests = [
+        SampleRequest(
+            request_id=f"{group}/{i}", group_id=group, prompt="a red circle", seed=i,
+            num_steps=2, deadline=None, kind="explore",
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    await sched.submit.ask(requests)
+    for _ in range(tries):
+        groups = await sched.collect.ask(wait_s=0.5, timeout=20.0)
+        if groups:
+            return list(groups[0].results)
+        between()
+    return None
+
+
 def test_spot_nodes_join_explore_and_leave_on_notice_or_silently(tmp_path: Path) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     state = build_policy("tiny", seed=3).state_dict()
@@ -94,20 +117,7 @@ def test_spot_nodes_join_explore_and_leave_on_notice_or_silently(tmp_path: Path)
             assert st.alive_spot_gpus == 2 and st.weight_version == 1
 
             # Weights reach the nodes in chunks; exploration requests come back explored.
-            requests = [
-                SampleRequest(
-                    request_id=f"e/{i}", group_id="e", prompt="a red circle", seed=i,
-                    num_steps=2, deadline=None, kind="explore",
-                )
-                for i in range(8)
-            ]  # fmt: skip
-            await sched.submit.ask(requests)
-            results = None
-            for _ in range(600):
-                groups = await sched.collect.ask(wait_s=0.5, timeout=20.0)
-                if groups:
-                    results = groups[0].results
-                    break
+            results = await _explore(sched, "e", 8, tries=600)
             assert results is not None and {r.version for r in results} == {1}
             assert {r.worker_id for r in results} <= {"sA", "sB"}
 
@@ -206,22 +216,12 @@ def test_a_spot_node_explores_a_base_that_is_not_a_named_config(
             procs.append(node)
             await _ready(ready)
             assert (await coord.statistics.ask()).nodes["sM"].status == "alive"
-            requests = [
-                SampleRequest(
-                    request_id=f"m/{i}", group_id="m", prompt="a red circle", seed=i,
-                    num_steps=2, deadline=None, kind="explore",
-                )
-                for i in range(4)
-            ]  # fmt: skip
-            await sched.submit.ask(requests)
-            results = None
-            for _ in range(240):
-                groups = await sched.collect.ask(wait_s=0.5, timeout=20.0)
-                if groups:
-                    results = groups[0].results
-                    break
+
+            def node_is_healthy() -> None:
                 log = (tmp_path / "sM.log").read_text()
                 assert node.poll() is None and "rejects weights" not in log, log[-3000:]
+
+            results = await _explore(sched, "m", 4, tries=240, between=node_is_healthy)
             assert results is not None, (tmp_path / "sM.log").read_text()[-3000:]
             assert {r.version for r in results} == {1} and {r.worker_id for r in results} == {"sM"}
             assert all(0.0 <= r.reward <= 1.0 and not r.skipped for r in results)

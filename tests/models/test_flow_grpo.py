@@ -13,7 +13,6 @@ from spotlight.commands import train as train_cmd
 from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, save_checkpoint
 from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import (
-    FlowGrpoConfig,
     flow_grpo_iteration,
     generate,
     step_log_probs,
@@ -22,34 +21,14 @@ from spotlight.models.flow_grpo import (
 from spotlight.models.grpo import GrpoConfig, group_advantages
 from spotlight.models.nft import NftConfig
 from spotlight.models.sampler import SamplerConfig
-from tests.micro import MICRO, redness
-
-PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
-
-
-def _config(**kw: object) -> FlowGrpoConfig:
-    base: dict[str, object] = {
-        "prompts_per_iter": 3,
-        "group_size": 4,
-        "micro_batch": 5,  # does not divide 12: chunks of 5, 5, 2
-        "sampler": SamplerConfig(num_steps=4, noise_level=0.9, sde_window=(0, 2)),
-        "grpo": GrpoConfig(clip_range=1e-2),
-        "lr": 1e-3,
-    }
-    base.update(kw)
-    return FlowGrpoConfig(**base)  # type: ignore[arg-type]
-
-
-def _pairs(config: FlowGrpoConfig) -> tuple[list[str], list[int]]:
-    prompts = [p for p in PROMPTS for _ in range(config.group_size)]
-    return prompts, list(range(100, 100 + len(prompts)))
+from tests.micro import MICRO, PROMPTS, micro_algo, micro_pairs, redness
 
 
 def test_first_pass_ratio_is_exactly_one_with_the_real_dit() -> None:
     policy = build_policy(MICRO, seed=1)
-    config = _config(inner_epochs=2)
+    config = micro_algo(inner_epochs=2)
     opt = torch.optim.AdamW(policy.parameters(), lr=config.lr)
-    prompts, seeds = _pairs(config)
+    prompts, seeds = micro_pairs(config)
     stats, batch = flow_grpo_iteration(policy, opt, prompts, seeds, redness, config)
     assert stats.first_ratio_dev == 0.0
     assert [s.x_BNC.shape[0] for s in batch.chunks] == [5, 5, 2]
@@ -62,9 +41,9 @@ def test_first_pass_ratio_is_exactly_one_with_the_real_dit() -> None:
 def test_one_update_raises_the_log_prob_of_better_samples() -> None:
     torch.manual_seed(0)
     policy = build_policy(MICRO, seed=2)
-    config = _config(micro_batch=12, lr=1e-4, grpo=GrpoConfig(clip_range=0.2))
+    config = micro_algo(micro_batch=12, lr=1e-4, grpo=GrpoConfig(clip_range=0.2))
     opt = torch.optim.SGD(policy.parameters(), lr=0.5)  # plain gradient step: first-order check
-    prompts, seeds = _pairs(config)
+    prompts, seeds = micro_pairs(config)
     _, batch = flow_grpo_iteration(policy, opt, prompts, seeds, redness, config)
     adv = group_advantages(batch.rewards_B, batch.prompts)
     state = batch.chunks[0]
@@ -90,7 +69,7 @@ def test_validation_uses_the_ode_and_is_deterministic() -> None:
 
 
 def _settings(base: Path, iterations: int, **algo_kw: object) -> train_cmd.RunSettings:
-    algo = _config(prompts_per_iter=2, group_size=2, micro_batch=4, inner_epochs=2, **algo_kw)
+    algo = micro_algo(prompts_per_iter=2, group_size=2, micro_batch=4, inner_epochs=2, **algo_kw)
     return train_cmd.RunSettings(
         algo=algo,
         iterations=iterations,
@@ -148,9 +127,9 @@ def test_local_trainer_resumes_identically(tmp_path: Path, algo_kw: dict[str, ob
 
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="group_size"):
-        _config(group_size=1)
+        micro_algo(group_size=1)
     with pytest.raises(ValueError, match="no SDE step"):
-        _config(sampler=SamplerConfig(noise_level=0.0))
+        micro_algo(sampler=SamplerConfig(noise_level=0.0))
     with pytest.raises(ValueError, match="no checkpoint"):
         train_cmd.train_local(
             _settings(tmp_path, 1), tmp_path / "nothing", resume=True, progress=False
@@ -158,7 +137,7 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     policy = build_policy(MICRO)
     opt = torch.optim.AdamW(policy.parameters())
     with pytest.raises(ValueError, match="pairs"):
-        flow_grpo_iteration(policy, opt, ["a red circle"], [0], redness, _config())
+        flow_grpo_iteration(policy, opt, ["a red circle"], [0], redness, micro_algo())
 
 
 def test_cli_requires_local_and_parses_the_window(capsys: pytest.CaptureFixture[str]) -> None:

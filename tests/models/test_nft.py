@@ -9,31 +9,14 @@ import torch
 
 from spotlight.models.dit import DiTPolicy, build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration
-from spotlight.models.grpo import GrpoConfig, group_advantages
+from spotlight.models.grpo import group_advantages
 from spotlight.models.nft import NftConfig, forward_points, nft_loss, reward_probability
 from spotlight.models.sampler import SamplerConfig
-from tests.micro import MICRO, redness
-
-PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
+from tests.micro import MICRO, micro_algo, micro_pairs, redness
 
 
 def _config(**kw: object) -> FlowGrpoConfig:
-    base: dict[str, object] = {
-        "prompts_per_iter": 3,
-        "group_size": 4,
-        "micro_batch": 5,  # chunks of 5, 5, 2
-        "sampler": SamplerConfig(num_steps=4, noise_level=0.9, sde_window=(0, 2)),
-        "grpo": GrpoConfig(clip_range=1e-2),
-        "objective": "nft",
-        "lr": 1e-3,
-    }
-    base.update(kw)
-    return FlowGrpoConfig(**base)  # type: ignore[arg-type]
-
-
-def _pairs(config: FlowGrpoConfig) -> tuple[list[str], list[int]]:
-    prompts = [p for p in PROMPTS for _ in range(config.group_size)]
-    return prompts, list(range(100, 100 + len(prompts)))
+    return micro_algo(**{"objective": "nft", **kw})
 
 
 def test_points_depend_on_the_sample_not_on_the_batch() -> None:
@@ -79,7 +62,7 @@ def test_one_update_pulls_good_samples_closer_than_bad_ones() -> None:
     initial = build_policy(MICRO, seed=2)
     policy = build_policy(MICRO, seed=2)
     opt = torch.optim.SGD(policy.parameters(), lr=0.05)  # plain gradient step: first order
-    stats, batch = flow_grpo_iteration(policy, opt, *_pairs(config), redness, config)
+    stats, batch = flow_grpo_iteration(policy, opt, *micro_pairs(config), redness, config)
     state, prompts = batch.chunks[0], batch.chunk_prompts[0]
 
     def fm_error(model: DiTPolicy) -> torch.Tensor:
@@ -108,7 +91,7 @@ def test_nft_iteration_is_deterministic_and_needs_no_sde_step() -> None:
     for _ in range(2):
         policy = build_policy(MICRO, seed=4)
         opt = torch.optim.AdamW(policy.parameters(), lr=config.lr)
-        stats, _ = flow_grpo_iteration(policy, opt, *_pairs(config), redness, config)
+        stats, _ = flow_grpo_iteration(policy, opt, *micro_pairs(config), redness, config)
         results.append((stats, torch.cat([p.detach().flatten() for p in policy.parameters()])))
     assert torch.equal(results[0][1], results[1][1])
     assert results[0][0].optimizer_steps == 4  # 3 chunks in updates of 2 → 2 per epoch × 2
