@@ -47,7 +47,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
 
@@ -81,6 +81,9 @@ _T = TypeVar("_T")
 
 RewardFn = Callable[[np.ndarray, list[str]], np.ndarray]
 
+TrainPrompts = Literal["train", "validation"]
+TRAIN_PROMPTS: tuple[str, ...] = get_args(TrainPrompts)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainerLoopConfig:
@@ -107,6 +110,12 @@ class TrainerLoopConfig:
     """Ask the planner for explored seeds (False: random seeds, no planner calls)."""
     plan_timeout_s: float = 5.0
     """Deadline of each planner ask; past it the batch falls back to random seeds."""
+    train_prompts: TrainPrompts = "train"
+    """Where iteration prompts come from: the training split (every real run), or
+    ``validation``, the held-out validation prompts themselves (a diagnostic control, never
+    a result: the validation score then measures how well the estimator *fits* prompts it
+    sees, not how it generalises; other seeds than the validation's are still used). It
+    separates "the update cannot climb" from "what it learns does not transfer"."""
     dedicated_torch_thread: bool = False
     """Run the torch work on one thread of its own instead of ``asyncio.to_thread``'s pool.
 
@@ -125,6 +134,11 @@ class TrainerLoopConfig:
             raise ValueError(f"time_budget_s must be > 0 or None, got {self.time_budget_s!r}")
         if not self.plan_timeout_s > 0:
             raise ValueError(f"plan_timeout_s must be > 0, got {self.plan_timeout_s!r}")
+        if self.train_prompts not in TRAIN_PROMPTS:
+            raise ValueError(
+                f"train_prompts must be one of {', '.join(TRAIN_PROMPTS)}, "
+                f"got {self.train_prompts!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -254,10 +268,10 @@ class TrainerLoop:
 
             self._reward_fn = build_reward(cfg.reward)
         train, held_out = scenes.prompt_split()
-        self.train_by_kind: dict[str, list[str]] = {}
-        for p in train:
-            self.train_by_kind.setdefault(scenes.prompt_kind_of(p), []).append(p)
         self.val_prompts, self.val_seeds = validation_set(held_out, cfg.val_per_kind, cfg.val_seeds)
+        self.train_by_kind: dict[str, list[str]] = {}
+        for p in train if cfg.train_prompts == "train" else self.val_prompts:
+            self.train_by_kind.setdefault(scenes.prompt_kind_of(p), []).append(p)
 
     def prompts_for(self, iteration: int) -> list[str]:
         from spotlight.models.batches import iteration_prompts

@@ -61,6 +61,9 @@ class RunSettings:
     reward: str = "geneval"
     base: str | None = None
     """Base checkpoint directory; None = the cached default base (built on first use)."""
+    train_prompts: str = "train"
+    """``train`` (the training split) or ``validation`` (the overfit control of
+    ``TrainerLoopConfig.train_prompts``; bench_learning's ``--train-prompts``)."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "val_every", "val_per_kind", "val_seeds", "ckpt_every"):
@@ -168,6 +171,7 @@ def train_local(
         seed=settings.seed,
         reward=settings.reward,
         base=base,
+        train_prompts=settings.train_prompts,  # type: ignore[arg-type]  # checked there
         dedicated_torch_thread=True,  # one process, the host's cores are the trainer's
     )
     done = [int(json.loads(state.read_text())["iteration"]) if resume else 0]

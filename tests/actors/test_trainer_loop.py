@@ -155,6 +155,27 @@ def test_config_errors_name_the_field(base: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_the_overfit_control_draws_every_prompt_from_the_validation_set(base: Path) -> None:
+    """train_prompts='validation' (bench_learning's control) trains on exactly the validation
+    prompts, kind-balanced; the default never does (held-out prompts stay held out)."""
+    from spotlight.models import scenes
+
+    held_out = set(scenes.prompt_split()[1])
+    control = TrainerLoop(
+        _config(base, 2, train_prompts="validation", val_per_kind=2), Path("unused")
+    )
+    control._setup()
+    drawn = {p for k in range(40) for p in control.prompts_for(k)}
+    assert drawn <= set(control.val_prompts)
+    assert len(drawn) > len(control.val_prompts) // 2  # not stuck on a few of them
+    normal = TrainerLoop(_config(base, 2, val_per_kind=2), Path("unused"))
+    normal._setup()
+    assert not {p for k in range(40) for p in normal.prompts_for(k)} & held_out
+    with pytest.raises(ValueError, match="train_prompts must be one of train, validation"):
+        _config(base, 2, train_prompts="test")
+
+
+@pytest.mark.timeout(120)
 def test_resume_without_a_checkpoint_is_a_clear_error(base: Path, tmp_path: Path) -> None:
     loop = TrainerLoop(_config(base, 2), tmp_path / "empty", resume=True, reward_fn=redness)
     with pytest.raises(ValueError, match="no checkpoint"):
