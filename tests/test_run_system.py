@@ -89,6 +89,13 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
         (["trainer.group_size=1"], r"group_size"),
         (["prices.preset=cheap"], r"unknown price preset 'cheap'; valid presets"),
         (["spot.time_scale=-1"], r"spot.time_scale must be a finite number > 0"),
+        (["spot.sp_degree=0"], r"spot.sp_degree must be an integer >= 1, got 0"),
+        (["spot.sp_degree=two"], r"spot.sp_degree='two' is not a valid int"),
+        (["spot.sp_degree=2"], r"spot.sp_degree=2 needs 2 GPUs per node.*valid degrees: 1$"),
+        (
+            ["spot.gpus_per_node=4", "spot.sp_degree=2", "spot.node_command={python} {node}"],
+            r"spot.sp_degree=2 would be ignored: spot.node_command has no \{sp_degree\}",
+        ),
     ],
 )
 def test_bad_settings_name_the_key_and_the_valid_choices(
@@ -96,6 +103,24 @@ def test_bad_settings_name_the_key_and_the_valid_choices(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
+
+
+def test_sp_degree_must_divide_the_base_models_heads_and_tokens(
+    micro_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spotlight.cli import main
+    from spotlight.commands.run import node_command
+
+    cfg = load_config(overrides=["spot.gpus_per_node=4", "spot.sp_degree=2"])
+    assert "--gpus 4 --sp-degree 2" in node_command(cfg, "tcp://h:1")
+    cfg.spot.check_sp_degree(num_heads=4, num_tokens=64)  # the tiny base: fine
+    with pytest.raises(ConfigError, match=r"spot.sp_degree=2: .*valid degrees: 1, 3"):
+        cfg.spot.check_sp_degree(num_heads=3, num_tokens=9)
+    # the micro base has 2 heads: degree 4 is refused before anything starts (exit 2)
+    bad = ["--set", f"trainer.base={micro_base}", "--set", "spot.gpus_per_node=4"]
+    assert main(["run", *bad, "--set", "spot.sp_degree=4"]) == 2
+    err = capsys.readouterr().err
+    assert "spot.sp_degree=4" in err and "valid degrees: 1, 2" in err, err
 
 
 def test_file_errors(tmp_path: Path) -> None:
@@ -220,6 +245,7 @@ def test_help_explains_every_option() -> None:
         "--no-live",
     ):
         assert flag in out
+    assert "spot.sp_degree" in out
     assert "report.json" in out and "spotlight monitor --attach" in out
 
 
