@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -415,3 +416,49 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path) -> N
     assert "rejects weights" not in nodes_log, nodes_log[-3000:]
     # micro weights were explored by the nodes (235 of 363 seeds in a 26 s run here)
     assert report["exploration"]["explored_seeds"] > 0, nodes_log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_spotlight_run_with_sp_group_spot_nodes(micro_base: Path, tmp_path: Path) -> None:
+    """`spotlight run` with spot.sp_degree=2: every spot node hosts a 2-member SP group; the
+    run finishes, the nodes explore through their groups, and no node or member outlives it."""
+    run_dir = tmp_path / "run"
+    # Two nodes from the start (6 processes: starting them takes most of a minute on two
+    # busy cores), one noticed later; the time budget ends the run after they explored.
+    trace = tmp_path / "two_nodes.csv"
+    trace.write_text(
+        "t_s,event,node\n0,add,spot-0\n0,add,spot-1\n70,notice,spot-1\n80,remove,spot-1\n"
+    )
+    proc = _spotlight_run(
+        ["--iterations", "400", "--no-live", "--run-dir", str(run_dir),
+         "--set", f"trainer.base={micro_base}", "--set", f"spot.trace={trace}",
+         "--set", "spot.time_scale=1", "--set", "run.time_budget_s=100",
+         "--set", "spot.gpus_per_node=2", "--set", "spot.sp_degree=2",
+         "--set", "trainer.prompts_per_iter=4", "--set", "trainer.group_size=4",
+         "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=2"],
+        timeout=360,
+    )  # fmt: skip
+    report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
+    pids = report.get("spot", {}).get("node_pids", [])
+    leftovers = [p for p in pids if not process_gone(p)]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert leftovers == []
+    nodes_log = (run_dir / "nodes.log").read_text()
+    assert "SP group of 2 members (degree 2) ready" in nodes_log, nodes_log[-3000:]
+    assert "cannot start the SP group" not in nodes_log and "rejects weights" not in nodes_log
+    assert report["exploration"]["explored_seeds"] > 0, nodes_log[-3000:]
+    # the monitor saw the nodes' SP groups (epoch, degree)
+    groups = [
+        json.loads(x)
+        for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"sp_group"' in x
+    ]
+    assert groups and all(g["fields"]["degree"] in (0, 1, 2) for g in groups), groups[:3]
+    assert any(g["fields"]["degree"] == 2 and g["fields"]["epoch"] >= 0 for g in groups)
+    # no member process survived its node (they die with it, or are killed by PID)
+    pairs = re.findall(r"ready: pids \[(\d+), (\d+)\]", nodes_log)
+    members = [int(pid) for pair in pairs for pid in pair]
+    assert members and all(process_gone(p) for p in members), members

@@ -345,7 +345,6 @@ class ExplorerActor(Actor):
     async def on_start(self) -> None:
         self.policy = build_policy(self.model)  # weights come from load_weights
         self._reward = build_reward(self.settings.reward)
-        self.backend = self._backend_factory(self.policy, self._reward)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._loop(), name=f"explorer {self.worker_id}"),
@@ -518,6 +517,9 @@ class ExplorerActor(Actor):
         log.info("explorer %s now at weight version %d", self.worker_id, version)
 
     async def _loop(self) -> None:
+        assert self.policy is not None
+        # Built here, not in on_start: a subclass may still swap the reward after on_start.
+        self.backend = self._backend_factory(self.policy, self._reward)
         while not self._draining:
             if self.slot.newest is None:
                 await self._wait_wake(self.settings.idle_pull_s * 10)

@@ -107,9 +107,13 @@ class NodeSPConfig:
     metrics_period_s: float = 1.0
     """Topic ``sp_group`` is published this often (when the run has a monitor)."""
     group: SPGroupConfig = field(
-        default_factory=lambda: SPGroupConfig(probe_interval_s=0.5, probe_timeout_s=1.0)
+        default_factory=lambda: SPGroupConfig(
+            probe_interval_s=1.0, probe_timeout_s=2.0, max_attempts=10
+        )
     )
-    """The group scheduler's timing (``name`` and ``max_degree`` are set from the node)."""
+    """The group scheduler's timing (``name`` and ``max_degree`` are set from the node).
+    Probes are lenient: on a loaded box (members at nice 19 beside other jobs) a live member
+    answered a ping in over 1 s, and five such false suspicions failed a request."""
 
     def __post_init__(self) -> None:
         for name in ("members", "degree", "threads"):
@@ -243,6 +247,9 @@ class SPBackend:
         )
         t_pub = time.perf_counter() - t0
         manifest = shared.manifest.to_dict()
+        alive = {w.address for w in self._alive()}
+        for key in [k for k, ref in self.members.items() if ref.address not in alive]:
+            del self.members[key]  # its process is gone: no ask that could only time out
         keys = list(self.members)
         answers = await asyncio.gather(
             *(

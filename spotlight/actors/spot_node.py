@@ -184,6 +184,11 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             stack.callback(sp.close)  # runs last (LIFO), even after an error: kill by PID
             stack.push_async_callback(sp.stop)  # first: stand by, SIGTERM, reap
             backend = sp.factory
+            print(
+                f"spot node {args.node_id}: SP group of {args.gpus} members (degree "
+                f"{args.sp_degree}) ready: pids {sp.member_pids}",
+                flush=True,
+            )
         explorer = await rt.spawn(
             ExplorerActor,
             name="explorer",

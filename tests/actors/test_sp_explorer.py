@@ -92,20 +92,14 @@ class _Cluster:
         ``within_s``)."""
         self._n += 1
         group = f"g{self._n}"
-        await self.sched.submit.ask(
-            [
-                SampleRequest(
-                    request_id=f"{group}/{i}",
-                    group_id=group,
-                    prompt=PROMPTS[i % 3],
-                    seed=1000 * self._n + i,
-                    num_steps=num_steps,
-                    deadline=None,
-                    kind="explore",
-                )
-                for i in range(n)
-            ]  # fmt: skip
-        )
+        requests = [
+            SampleRequest(
+                request_id=f"{group}/{i}", group_id=group, prompt=PROMPTS[i % 3],
+                seed=1000 * self._n + i, num_steps=num_steps, deadline=None, kind="explore",
+            )
+            for i in range(n)
+        ]  # fmt: skip
+        await self.sched.submit.ask(requests)
         give_up = time.monotonic() + within_s
         while time.monotonic() < give_up:
             for g in await self.sched.collect.ask(wait_s=0.5, timeout=20.0):
