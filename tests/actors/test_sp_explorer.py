@@ -25,6 +25,7 @@ from spotlight.actors.sampling_backend import ThreadBackend
 from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
 from spotlight.actors.sp_explore import GROUP_ACTOR, NodeSPConfig, SPBackend
 from spotlight.actors.weight_publish import WeightPublisher
+from spotlight.actors.weight_share import remove_published_by
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import ActorRef, Runtime
@@ -196,6 +197,7 @@ def test_member_sigkill_reforms_at_degree_1_and_the_node_keeps_exploring(
             # The node SIGKILLed (a silent loss): its last member dies with it.
             node.kill()
             await asyncio.to_thread(node.wait, 30)
+            remove_published_by(node.pid)  # a SIGKILLed node cannot remove its snapshot
             await wait_for(lambda: all(process_gone(p) for p in pids), "members gone", 10.0)
             await c.publisher.close()
 
