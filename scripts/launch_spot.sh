@@ -18,6 +18,10 @@
 #                         [SPOTLIGHT_NOTICE_GRACE, default 25, under Kubernetes' default 30 s
 #                         termination grace; AWS gives 120 s, GCP/Azure 30 s]
 #   --gpus G              GPUs billed for this node [SPOTLIGHT_GPUS, default 1]
+#   --sp-degree D         sequence-parallel degree of the node's explorer [SPOTLIGHT_SP_DEGREE,
+#                         default 1: one process]; D > 1 runs G SP member processes (one
+#                         per GPU) as an elastic group at degree D (D <= G, D divides the
+#                         model's heads and image tokens); a lost member re-forms it smaller
 #   --node-ready-file F   the node writes its own address to F once it has registered
 #   --python PATH         interpreter with spotlight installed [SPOTLIGHT_PYTHON, default:
 #                         the repository's .venv/bin/python if present, else python3]
@@ -56,6 +60,7 @@ wait_s="${SPOTLIGHT_READY_WAIT:-300}"
 node_id="${SPOTLIGHT_NODE_ID:-}"
 grace="${SPOTLIGHT_NOTICE_GRACE:-25}"
 gpus="${SPOTLIGHT_GPUS:-1}"
+sp_degree="${SPOTLIGHT_SP_DEGREE:-1}"
 node_ready_file=""
 python="${SPOTLIGHT_PYTHON:-}"
 
@@ -70,6 +75,7 @@ while [[ $# -gt 0 ]]; do
         --node-id) need "$@"; node_id="$2"; shift 2 ;;
         --notice-grace) need "$@"; grace="$2"; shift 2 ;;
         --gpus) need "$@"; gpus="$2"; shift 2 ;;
+        --sp-degree) need "$@"; sp_degree="$2"; shift 2 ;;
         --node-ready-file) need "$@"; node_ready_file="$2"; shift 2 ;;
         --python) need "$@"; python="$2"; shift 2 ;;
         --) shift; break ;;
@@ -81,6 +87,10 @@ number='^[0-9]+([.][0-9]+)?$'
 [[ "$grace" =~ $number ]] || die "--notice-grace must be seconds >= 0, got '$grace'"
 [[ "$wait_s" =~ $number ]] || die "--wait must be seconds >= 0, got '$wait_s'"
 [[ "$gpus" =~ ^[0-9]+$ ]] || die "--gpus must be an integer >= 0, got '$gpus'"
+[[ "$sp_degree" =~ ^[1-9][0-9]*$ ]] || die "--sp-degree must be an integer >= 1, got '$sp_degree'"
+if ((sp_degree > 1 && sp_degree > gpus)); then
+    die "--sp-degree $sp_degree needs as many GPUs (one SP member each); --gpus is $gpus"
+fi
 if [[ -n "$coordinator" && -n "$ready_file" ]]; then
     die "give --coordinator or --ready-file, not both"
 fi
@@ -104,6 +114,6 @@ command -v "$python" >/dev/null || die "no python at '$python' (set --python or 
 [[ -n "$node_id" ]] || node_id="$(hostname -s 2>/dev/null || hostname)-$$"
 
 node=("$python" -m spotlight.actors.spot_node --coordinator "$coordinator" --node-id "$node_id"
-    --notice-grace "$grace" --gpus "$gpus")
+    --notice-grace "$grace" --gpus "$gpus" --sp-degree "$sp_degree")
 [[ -z "$node_ready_file" ]] || node+=(--ready-file "$node_ready_file")
 exec "${node[@]}" "$@"

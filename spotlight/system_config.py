@@ -250,7 +250,7 @@ FAULT_MODES = ("elastic", "restart")
 
 DEFAULT_NODE_COMMAND = (
     "{python} -m spotlight.actors.spot_node --coordinator {address} --node-id {node} "
-    "--notice-grace {grace} --gpus {gpus}"
+    "--notice-grace {grace} --gpus {gpus} --sp-degree {sp_degree}"
 )
 
 
@@ -277,7 +277,14 @@ class SpotSection:
     notice_grace_s: float = 1.0
     """Wall seconds a node keeps free before its deadline to leave cleanly."""
     gpus_per_node: int = 1
-    """GPUs billed per spot node."""
+    """GPUs billed per spot node; with ``sp_degree`` > 1 also its SP member processes (one
+    per simulated GPU)."""
+    sp_degree: int = 1
+    """Sequence-parallel degree of each spot node's explorer. 1 (default): the node samples
+    in one process, a worker thread (fastest on a 2-core CPU box, see README). D > 1: the
+    node runs ``gpus_per_node`` SP member processes as one elastic group at degree D (D <=
+    gpus_per_node; D must divide the base model's attention heads and image tokens, checked
+    against the base when the run starts); a lost member re-forms the group smaller."""
     ondemand_gpus: int | None = None
     """On-demand GPUs billed for the whole run (trainer + coordinator). None (default): the
     trainer's world size, i.e. one GPU per data-parallel rank (torchrun's WORLD_SIZE; 1 for
@@ -301,10 +308,32 @@ class SpotSection:
         _positive_float("spot", "notice_s", self.notice_s, allow_zero=True)
         _positive_float("spot", "notice_grace_s", self.notice_grace_s, allow_zero=True)
         _positive_int("spot", "gpus_per_node", self.gpus_per_node)
+        _positive_int("spot", "sp_degree", self.sp_degree)
+        if self.sp_degree > self.gpus_per_node:
+            raise ConfigError(
+                f"spot.sp_degree={self.sp_degree} needs {self.sp_degree} GPUs per node (one SP "
+                f"member each), spot.gpus_per_node={self.gpus_per_node}; valid degrees: "
+                + ", ".join(str(d) for d in range(1, self.gpus_per_node + 1))
+            )
         if self.ondemand_gpus is not None:
             _positive_int("spot", "ondemand_gpus", self.ondemand_gpus)
         if "{node}" not in self.node_command:
             raise ConfigError(f"spot.node_command must contain {{node}}, got {self.node_command!r}")
+        if self.sp_degree > 1 and "{sp_degree}" not in self.node_command:
+            raise ConfigError(
+                f"spot.sp_degree={self.sp_degree} would be ignored: spot.node_command has no "
+                f"{{sp_degree}} (pass it as --sp-degree {{sp_degree}}), got {self.node_command!r}"
+            )
+
+    def check_sp_degree(self, num_heads: int, num_tokens: int) -> None:
+        """ConfigError unless ``sp_degree`` divides the base model's heads and image tokens
+        (the message lists the valid degrees); called once the base is known."""
+        from spotlight.models.ulysses import validate_degree
+
+        try:
+            validate_degree(self.sp_degree, num_heads, num_tokens)
+        except ValueError as exc:
+            raise ConfigError(f"spot.sp_degree={self.sp_degree}: {exc}") from None
 
     def ondemand_gpu_count(self, world_size: int) -> int:
         """GPUs to bill on demand: ``ondemand_gpus`` if set, else ``world_size`` (DP ranks)."""

@@ -147,6 +147,8 @@ def test_launcher_help_and_argument_errors() -> None:
         (SPOT, ["--coordinator", "127.0.0.1:5"], "tcp://HOST:PORT"),
         (SPOT, ["--coordinator", "tcp://h:1", "--notice-grace", "soon"], "--notice-grace"),
         (SPOT, ["--bogus"], "unknown option '--bogus'"),
+        (SPOT, ["--coordinator", "tcp://h:1", "--sp-degree", "0"], "--sp-degree must be"),
+        (SPOT, ["--coordinator", "tcp://h:1", "--sp-degree", "2"], "--gpus is 1"),
     ):
         proc = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and message in proc.stderr, (script.name, args, proc.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,13 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
         (["trainer.group_size=1"], r"group_size"),
         (["prices.preset=cheap"], r"unknown price preset 'cheap'; valid presets"),
         (["spot.time_scale=-1"], r"spot.time_scale must be a finite number > 0"),
+        (["spot.sp_degree=0"], r"spot.sp_degree must be an integer >= 1, got 0"),
+        (["spot.sp_degree=two"], r"spot.sp_degree='two' is not a valid int"),
+        (["spot.sp_degree=2"], r"spot.sp_degree=2 needs 2 GPUs per node.*valid degrees: 1$"),
+        (
+            ["spot.gpus_per_node=4", "spot.sp_degree=2", "spot.node_command={python} {node}"],
+            r"spot.sp_degree=2 would be ignored: spot.node_command has no \{sp_degree\}",
+        ),
     ],
 )
 def test_bad_settings_name_the_key_and_the_valid_choices(
@@ -96,6 +104,24 @@ def test_bad_settings_name_the_key_and_the_valid_choices(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
+
+
+def test_sp_degree_must_divide_the_base_models_heads_and_tokens(
+    micro_base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spotlight.cli import main
+    from spotlight.commands.run import node_command
+
+    cfg = load_config(overrides=["spot.gpus_per_node=4", "spot.sp_degree=2"])
+    assert "--gpus 4 --sp-degree 2" in node_command(cfg, "tcp://h:1")
+    cfg.spot.check_sp_degree(num_heads=4, num_tokens=64)  # the tiny base: fine
+    with pytest.raises(ConfigError, match=r"spot.sp_degree=2: .*valid degrees: 1, 3"):
+        cfg.spot.check_sp_degree(num_heads=3, num_tokens=9)
+    # the micro base has 2 heads: degree 4 is refused before anything starts (exit 2)
+    bad = ["--set", f"trainer.base={micro_base}", "--set", "spot.gpus_per_node=4"]
+    assert main(["run", *bad, "--set", "spot.sp_degree=4"]) == 2
+    err = capsys.readouterr().err
+    assert "spot.sp_degree=4" in err and "valid degrees: 1, 2" in err, err
 
 
 def test_file_errors(tmp_path: Path) -> None:
@@ -220,6 +246,7 @@ def test_help_explains_every_option() -> None:
         "--no-live",
     ):
         assert flag in out
+    assert "spot.sp_degree" in out
     assert "report.json" in out and "spotlight monitor --attach" in out
 
 
@@ -389,3 +416,49 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path) -> N
     assert "rejects weights" not in nodes_log, nodes_log[-3000:]
     # micro weights were explored by the nodes (235 of 363 seeds in a 26 s run here)
     assert report["exploration"]["explored_seeds"] > 0, nodes_log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_spotlight_run_with_sp_group_spot_nodes(micro_base: Path, tmp_path: Path) -> None:
+    """`spotlight run` with spot.sp_degree=2: every spot node hosts a 2-member SP group; the
+    run finishes, the nodes explore through their groups, and no node or member outlives it."""
+    run_dir = tmp_path / "run"
+    # Two nodes from the start (6 processes: starting them takes most of a minute on two
+    # busy cores), one noticed later; the time budget ends the run after they explored.
+    trace = tmp_path / "two_nodes.csv"
+    trace.write_text(
+        "t_s,event,node\n0,add,spot-0\n0,add,spot-1\n70,notice,spot-1\n80,remove,spot-1\n"
+    )
+    proc = _spotlight_run(
+        ["--iterations", "400", "--no-live", "--run-dir", str(run_dir),
+         "--set", f"trainer.base={micro_base}", "--set", f"spot.trace={trace}",
+         "--set", "spot.time_scale=1", "--set", "run.time_budget_s=100",
+         "--set", "spot.gpus_per_node=2", "--set", "spot.sp_degree=2",
+         "--set", "trainer.prompts_per_iter=4", "--set", "trainer.group_size=4",
+         "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=2"],
+        timeout=360,
+    )  # fmt: skip
+    report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
+    pids = report.get("spot", {}).get("node_pids", [])
+    leftovers = [p for p in pids if not process_gone(p)]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert leftovers == []
+    nodes_log = (run_dir / "nodes.log").read_text()
+    assert "SP group of 2 members (degree 2) ready" in nodes_log, nodes_log[-3000:]
+    assert "cannot start the SP group" not in nodes_log and "rejects weights" not in nodes_log
+    assert report["exploration"]["explored_seeds"] > 0, nodes_log[-3000:]
+    # the monitor saw the nodes' SP groups (epoch, degree)
+    groups = [
+        json.loads(x)
+        for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"sp_group"' in x
+    ]
+    assert groups and all(g["fields"]["degree"] in (0, 1, 2) for g in groups), groups[:3]
+    assert any(g["fields"]["degree"] == 2 and g["fields"]["epoch"] >= 0 for g in groups)
+    # no member process survived its node (they die with it, or are killed by PID)
+    pairs = re.findall(r"ready: pids \[(\d+), (\d+)\]", nodes_log)
+    members = [int(pid) for pair in pairs for pid in pair]
+    assert members and all(process_gone(p) for p in members), members

@@ -9,8 +9,13 @@ Map (one actor; two tasks it owns, both cancelled in ``on_stop``)::
     publisher ──weight_chunk(v, manifest, offset, chunk)──► WeightInbox ─┐ (complete version)
     trainer ──load_weights(version, state)──► endpoint: WeightSlot.offer ◄┘ (newest wins)
                                                     │ (applied between batches)
-    scheduler ◄──pull(worker_id, n)──── _loop task ─┴─asyncio.to_thread──► generate + reward
+    scheduler ◄──pull(worker_id, n)──── _loop task ─┴─backend.rewards──► generate + reward
     scheduler ◄──complete(rid, token, ExploreResult)─┘    (one batched pass per pull)
+
+  The sampling pass runs behind a :class:`~spotlight.actors.sampling_backend.SamplingBackend`:
+  a worker thread of this process at SP degree 1 (``ThreadBackend``), the node's elastic SP
+  group at degree > 1 (``sp_explore.SPBackend``); weights reach it through ``backend.load``
+  between batches. A batch the backend loses (``SamplingFailed``) hands its leases back.
     scheduler ◄──renew(worker_id)────── _heartbeat task (every heartbeat_s while holding)
     scheduler ──deliver_group(ExploreResult)──► planner (push, see scheduler.py)
 
@@ -67,8 +72,15 @@ import torch
 
 from spotlight.actors.leases import Lease
 from spotlight.actors.rollout import DrainReport
+from spotlight.actors.sampling_backend import (
+    BackendFactory,
+    SamplingBackend,
+    SamplingFailed,
+    ThreadBackend,
+)
 from spotlight.actors.weight_publish import WeightInbox
 from spotlight.actors.weight_share import WeightManifest
+from spotlight.actors.weight_slot import WeightSlot, weights_fit
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
 from spotlight.models.flow_grpo import decode, generate
 from spotlight.models.rewards import build_reward
@@ -134,32 +146,6 @@ def model_config(spec: DiTConfig | str | Mapping[str, Any]) -> DiTConfig:
         return DiTConfig.from_dict(dict(spec))
     raise ValueError(
         f"model must be a DiTConfig, a config name or a DiTConfig as a dict, got {spec!r}"
-    )
-
-
-def weights_fit(policy: DiTPolicy, state: Mapping[str, Any], *, version: int) -> None:
-    """ValueError unless ``state`` has exactly the policy's tensors and shapes.
-
-    Checked when weights arrive, so a model config that does not match the trainer's fails
-    with both shapes named instead of killing the sampling loop later inside
-    ``load_state_dict``.
-    """
-    own = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
-    got = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
-    missing = sorted(own.keys() - got.keys())
-    unexpected = sorted(got.keys() - own.keys())
-    wrong = [(k, got[k], own[k]) for k in sorted(own.keys() & got.keys()) if got[k] != own[k]]
-    if not (missing or unexpected or wrong):
-        return
-    problems = [f"{k}: {g} in the weights, {o} in the model" for k, g, o in wrong[:3]]
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing from the weights, e.g. {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} tensor(s) the model lacks, e.g. {unexpected[0]}")
-    raise ValueError(
-        f"weight version {version} does not fit this explorer's model config "
-        f"{policy.config.name!r} ({len(wrong)} shape mismatch(es)): {'; '.join(problems)}; "
-        "the explorer must build the trainer's base config (register_node's 'model')"
     )
 
 
@@ -268,50 +254,11 @@ class ExplorerStats:
     """A ``drain`` started: this explorer pulls no more work."""
     versions_rejected: int = 0
     """Weight versions whose tensors did not fit the model config (see :func:`weights_fit`)."""
-
-
-class WeightSlot:
-    """Newest-wins holder of versioned weights; pure, so version handling is tested alone.
-
-    ``offer`` never blocks and keeps at most one pending state (the newest), so a burst of
-    versions costs no memory beyond one copy; ``take`` hands the pending one to the sampler.
-    """
-
-    def __init__(self) -> None:
-        self.current: int | None = None
-        self._pending: tuple[int, Mapping[str, Any]] | None = None
-        self.received = 0
-        self.applied = 0
-        self.superseded = 0
-        self.ignored = 0
-
-    @property
-    def newest(self) -> int | None:
-        if self._pending is not None:
-            return self._pending[0]
-        return self.current
-
-    def offer(self, version: int, state: Mapping[str, Any]) -> bool:
-        """Keep ``state`` if ``version`` is newer than anything held or pending."""
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise ValueError(f"weight version must be an int >= 0, got {version!r}")
-        self.received += 1
-        newest = self.newest
-        if newest is not None and version <= newest:
-            self.ignored += 1
-            return False
-        if self._pending is not None:
-            self.superseded += 1
-        self._pending = (version, state)
-        return True
-
-    def take(self) -> tuple[int, Mapping[str, Any]] | None:
-        """The pending (version, state), now current; None if nothing newer arrived."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self.current = pending[0]
-            self.applied += 1
-        return pending
+    failed_batches: int = 0
+    """Batches the sampling backend lost (:class:`SamplingFailed`); their leases went back."""
+    sampling: dict[str, Any] | None = None
+    """The sampling backend's state: ``{"backend": "thread", "degree": 1}`` or the SP group's
+    epoch, degree, members and re-forms (see ``sp_explore.SPBackend.statistics``)."""
 
 
 def explore_rewards(
@@ -357,11 +304,14 @@ class ExplorerActor(Actor):
         settings: ExploreSettings | None = None,
         announce_to: ActorRef | None = None,
         inbox: WeightInbox | None = None,
+        backend: BackendFactory | None = None,
     ) -> None:
         """``model``: the trainer's policy config, as a :class:`DiTConfig`, a name, or the
         dict of ``register_node``'s answer (see :func:`model_config`). ``inbox``: the chunk
         assembler behind ``weight_chunk`` (default: a new
-        :class:`~spotlight.actors.weight_publish.WeightInbox`)."""
+        :class:`~spotlight.actors.weight_publish.WeightInbox`). ``backend``: builds where the
+        sampling pass runs from the policy and reward (default: :class:`ThreadBackend`, SP
+        degree 1; a spot node with an SP group passes ``sp_explore.SPBackend``'s)."""
         self.scheduler = scheduler
         self.worker_id = worker_id
         self.model = model_config(model)
@@ -370,6 +320,8 @@ class ExplorerActor(Actor):
         self.slot = WeightSlot()
         self.policy: DiTPolicy | None = None
         self._reward: Any = None
+        self._backend_factory: BackendFactory = backend or ThreadBackend
+        self.backend: SamplingBackend | None = None
         self._wake = asyncio.Event()
         self._holding: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -382,6 +334,7 @@ class ExplorerActor(Actor):
             "chunks": 0,
             "chunks_ignored": 0,
             "rejected": 0,
+            "failed_batches": 0,
         }
         self._inbox = inbox if inbox is not None else WeightInbox()
         self._draining = False
@@ -408,6 +361,8 @@ class ExplorerActor(Actor):
                 task.cancel("explorer stopping")
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.backend is not None:
+            await self.backend.stop()
 
     # ------------------------------------------------------------------ endpoints
 
@@ -483,6 +438,13 @@ class ExplorerActor(Actor):
                     await loop_task
         for task in self._tasks[1:]:
             task.cancel("drained")
+        if self.backend is not None:  # SP members stand by; bounded by the deadline
+            try:
+                await asyncio.wait_for(
+                    self.backend.stop(), max(0.1, deadline - time.time() - margin)
+                )
+            except TimeoutError:
+                log.warning("explorer %s: sampling backend did not stop in time", self.worker_id)
         timeout = max(0.1, deadline - time.time() - margin / 2)
         try:
             released = await self.scheduler.release.ask(self.worker_id, None, timeout=timeout)
@@ -520,6 +482,8 @@ class ExplorerActor(Actor):
             chunks_ignored=self._n["chunks_ignored"],
             draining=self._draining,
             versions_rejected=self._n["rejected"],
+            failed_batches=self._n["failed_batches"],
+            sampling=None if self.backend is None else await self.backend.statistics(),
         )
 
     # ------------------------------------------------------------------ internals
@@ -548,12 +512,14 @@ class ExplorerActor(Actor):
         if pending is None:
             return
         version, state = pending
-        policy = self.policy
-        assert policy is not None
-        await asyncio.to_thread(policy.load_state_dict, dict(state), strict=True)
+        assert self.backend is not None
+        await self.backend.load(version, state)
         log.info("explorer %s now at weight version %d", self.worker_id, version)
 
     async def _loop(self) -> None:
+        assert self.policy is not None
+        # Built here, not in on_start: a subclass may still swap the reward after on_start.
+        self.backend = self._backend_factory(self.policy, self._reward)
         while not self._draining:
             if self.slot.newest is None:
                 await self._wait_wake(self.settings.idle_pull_s * 10)
@@ -591,7 +557,7 @@ class ExplorerActor(Actor):
         for lease in live:
             by_steps.setdefault(lease.request.num_steps, []).append(lease)
         version = self.slot.current
-        assert version is not None and self.policy is not None
+        assert version is not None and self.backend is not None
         for num_steps, group in by_steps.items():
             if self._draining:  # the rest are released by drain
                 return
@@ -600,15 +566,14 @@ class ExplorerActor(Actor):
             t0 = time.perf_counter()
             self._inflight = (t0, len(group), num_steps)
             try:
-                rewards = await asyncio.to_thread(
-                    explore_rewards,
-                    self.policy,
-                    prompts,
-                    seeds,
-                    self._reward,
-                    num_steps=num_steps,
-                    settings=self.settings,
+                rewards = await self.backend.rewards(
+                    prompts, seeds, num_steps=num_steps, settings=self.settings
                 )
+            except SamplingFailed as exc:
+                self._n["failed_batches"] += 1
+                log.warning("explorer %s: batch lost (%s); leases handed back", self.worker_id, exc)
+                await self._release_all()
+                return
             finally:
                 self._inflight = None
             per_seed = (time.perf_counter() - t0) / len(group)
@@ -616,6 +581,15 @@ class ExplorerActor(Actor):
             self._n["batches"] += 1
             for lease, reward in zip(group, rewards, strict=True):
                 await self._complete(lease, float(reward), version, per_seed)
+
+    async def _release_all(self) -> None:
+        """Hand every held lease back so another worker takes the seeds at once."""
+        try:
+            await self.scheduler.release.ask(
+                self.worker_id, None, timeout=self.settings.call_timeout_s
+            )
+        except _RETRYABLE as exc:
+            log.info("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
 
     async def _complete(
         self, lease: Lease, reward: float, version: int, seconds: float, *, skipped: bool = False

@@ -338,6 +338,7 @@ class SPGroupScheduler(Actor):
                 "prompts": list(req.prompts),
                 "sampler": sampler,
                 "mode": req.mode,
+                "weights_version": req.weights_version,
             }
             out = await self._step(boundary)
             if out is None:

@@ -1,8 +1,10 @@
-"""A local SP cluster for tests and benchmarks: member processes on loopback plus the store.
+"""A local SP cluster: member processes on loopback plus the store (tests, benchmarks, and a
+spot node's members, see ``sp_node.py``).
 
-The coordinator (the caller's process) hosts the long-lived ``TCPStore`` (``use_libuv=False``,
+The owner (the caller's process) hosts the long-lived ``TCPStore`` (``use_libuv=False``,
 which survives members coming and going) and launches ``sp_worker`` processes. Every process
-is tracked by PID and killed by PID in :meth:`LocalSPCluster.close`.
+is tracked by PID and killed by PID in :meth:`LocalSPCluster.close`; with ``die_with_parent``
+the members are also SIGKILLed by the kernel when the owner dies (a SIGKILLed spot node).
 """
 
 from __future__ import annotations
@@ -42,11 +44,27 @@ class Worker:
 class LocalSPCluster:
     """Member processes on 127.0.0.1 sharing one store; use as a context manager."""
 
-    def __init__(self, workdir: Path, *, heartbeat_s: float = 0.25, threads: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        heartbeat_s: float = 0.25,
+        threads: int = 1,
+        model: str = "tiny",
+        die_with_parent: bool = False,
+        log_dir: Path | None = None,
+    ) -> None:
+        """``model``: a config name or a DiTConfig as JSON (``sp_worker --model``).
+        ``die_with_parent``: members get SIGKILL when this process exits (launch from the main
+        thread: Linux ties it to the launching thread). ``log_dir``: each member's output goes
+        to ``member<N>.log`` there (default: inherited)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.heartbeat_s = heartbeat_s
         self.threads = threads
+        self.model = model
+        self.die_with_parent = die_with_parent
+        self.log_dir = log_dir
         self.store = dist.TCPStore(
             "127.0.0.1", 0, None, True, timeout=timedelta(seconds=30), use_libuv=False
         )
@@ -85,10 +103,26 @@ class LocalSPCluster:
                 str(self.heartbeat_s),
                 "--threads",
                 str(self.threads),
+                "--model",
+                self.model,
             ]
             if checkpoint is not None:
                 cmd += ["--checkpoint", checkpoint]
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+            if self.die_with_parent:
+                cmd += ["--parent-pid", str(os.getpid())]
+            out_file = None
+            if self.log_dir is not None:
+                out_file = open(self.log_dir / f"member{self._count}.log", "ab")  # noqa: SIM115
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_file,
+                    stderr=subprocess.STDOUT if out_file is not None else None,
+                )
+            finally:
+                if out_file is not None:
+                    out_file.close()  # the child holds its own descriptor
             w = Worker(proc=proc, ready_file=ready, node=node)
             self.workers.append(w)
             out.append(w)
@@ -110,6 +144,19 @@ class LocalSPCluster:
     @staticmethod
     def member_name() -> str:
         return MEMBER_NAME
+
+    def terminate(self, grace_s: float) -> None:
+        """SIGTERM every live member, wait up to ``grace_s`` in all, then :meth:`close`."""
+        for w in self.workers:
+            if w.alive:
+                os.kill(w.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for w in self.workers:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+        self.close()
 
     def kill(self, w: Worker, sig: int = signal.SIGKILL) -> None:
         if w.alive:

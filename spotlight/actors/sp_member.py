@@ -46,17 +46,21 @@ from spotlight.actors.weight_share import (
     load_from_shm,
     publish_to_shm,
 )
-from spotlight.models.dit import TextEmbedding, build_policy
+from spotlight.models.dit import DiTConfig, TextEmbedding, build_policy
 from spotlight.models.process_groups import shutdown_group, timed_new_group_from_store
 from spotlight.models.sampler import SamplerConfig, TrajectoryState, advance
 from spotlight.models.ulysses import ulysses_forward, validate_degree
 from spotlight.runtime import Actor, ActorRef, endpoint
 
-__all__ = ["SPMember", "SPMemberConfig", "StaleEpoch"]
+__all__ = ["SPMember", "SPMemberConfig", "StaleEpoch", "StaleWeights"]
 
 
 class StaleEpoch(RuntimeError):
     """A call named an epoch this member is not (or no longer) in."""
+
+
+class StaleWeights(RuntimeError):
+    """A step named a weight version this member does not hold (never sample mixed weights)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,8 +73,9 @@ class SPMemberConfig:
     """Port of that store."""
     node: str
     """Node id (hostname in production): joiners on the same node copy weights via /dev/shm."""
-    model: str = "tiny"
-    """DiT config name for :func:`~spotlight.models.dit.build_policy`."""
+    model: str | DiTConfig = "tiny"
+    """DiT config (or its name) for :func:`~spotlight.models.dit.build_policy`: a spot node
+    passes the trainer's full config, which may be one no name stands for."""
     seed: int = 0
     """Initialisation seed when no checkpoint is given (tests: every member the same)."""
     checkpoint: str | None = None
@@ -126,6 +131,8 @@ class SPMember(Actor):
         self._flat: tuple[WeightManifest, Tensor] | None = None
         self._text_cache: dict[tuple[str, ...], TextEmbedding] = {}
         self.steps_run = 0
+        self.weights_version: int | None = None
+        """Version loaded by :meth:`load_shared` (None: the initial weights)."""
 
     async def on_start(self) -> None:
         cfg = self.config
@@ -163,6 +170,7 @@ class SPMember(Actor):
             "load_s": self.load_s,
             "epoch": self._epoch,
             "steps_run": self.steps_run,
+            "weights_version": self.weights_version,
         }
 
     # -- epochs ----------------------------------------------------------------------
@@ -226,11 +234,18 @@ class SPMember(Actor):
         """Run one denoising step of ``request`` on this member's shard.
 
         ``request``: ``seeds``, ``step``, ``x_BNC`` (the full latent at the step boundary),
-        ``prompts``, ``sampler`` (SamplerConfig fields), ``mode``. Rank 0 returns the new
-        boundary (``x_BNC``, ``log_prob_B``, ``sigma``); the others return None.
+        ``prompts``, ``sampler`` (SamplerConfig fields), ``mode``, optionally
+        ``weights_version`` (refused with :class:`StaleWeights` unless it is the version this
+        member holds, so one request never mixes versions across ranks). Rank 0 returns the
+        new boundary (``x_BNC``, ``log_prob_B``, ``sigma``); the others return None.
         """
         if (group_id, epoch) != (self._owner, self._epoch) or epoch != self._target_epoch:
             raise StaleEpoch(f"step for epoch {epoch}, but this member is in epoch {self._epoch}")
+        wanted = request.get("weights_version")
+        if wanted is not None and wanted != self.weights_version:
+            raise StaleWeights(
+                f"step wants weight version {wanted}, this member holds {self.weights_version}"
+            )
         async with self._busy:
             group, rank = self._group, self._rank
             try:
@@ -278,6 +293,26 @@ class SPMember(Actor):
                 publish_to_shm, self.policy, node=self.config.node
             )
         return self._shared.manifest.to_dict()
+
+    @endpoint
+    async def load_shared(self, manifest: dict[str, Any], version: int) -> dict[str, Any]:
+        """Load weights ``version`` from a /dev/shm snapshot another process of this node
+        published (:func:`~spotlight.actors.weight_share.publish_to_shm`).
+
+        Waits for a running step to end (``_busy``), so a step never sees half-copied
+        weights; the caller applies a version only between requests. Returns copy stats.
+        """
+        async with self._busy:
+            stats = await asyncio.to_thread(
+                load_from_shm, self.policy, WeightManifest.from_dict(manifest)
+            )
+            self.weights_version = int(version)
+            self._text_cache = {}  # the text encoder's weights changed too
+            self._flat = None
+            if self._shared is not None:  # a joiner's donor snapshot is now stale
+                self._shared.close()
+                self._shared = None
+        return {"bytes": stats.bytes, "seconds": stats.seconds, "version": version}
 
     @endpoint
     async def weights_digest(self) -> str:

@@ -42,6 +42,9 @@ class SPRequest:
     mode: Literal["sde", "ode"] = "sde"
     state: TrajectoryState | None = None
     """Resume from this boundary (a lease taken over from another worker); None = start."""
+    weights_version: int | None = None
+    """Every step must run on members holding this weight version (None: whatever they
+    hold); a member holding another refuses the step, so a request never mixes versions."""
 
 
 class WorkSource(Protocol):

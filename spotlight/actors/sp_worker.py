@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
+import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 MEMBER_NAME = "sp_member"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the parent exits (a spot node SIGKILLed must not leave its
+    members running); the kernel ties this to the parent *thread* that forked us, so the
+    parent launches members from its main thread."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the parent kills by PID
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,26 +37,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--store-host", default="127.0.0.1")
     ap.add_argument("--store-port", type=int, required=True)
     ap.add_argument("--node", default="node0")
-    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--model", default="tiny", help="config name, or a DiTConfig as a JSON object")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--heartbeat-s", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="die (SIGKILL) when this process's parent exits; refuse to start if the parent "
+        "is not this PID any more (it died while we started): no orphan members",
+    )
     args = ap.parse_args(argv)
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid)
 
     import torch
 
     torch.set_num_threads(args.threads)
 
     from spotlight.actors.sp_member import SPMember, SPMemberConfig
+    from spotlight.models.dit import DiTConfig
     from spotlight.runtime import Runtime, RuntimeConfig, run
 
+    model: str | DiTConfig = args.model
+    if args.model.lstrip().startswith("{"):
+        model = DiTConfig.from_dict(json.loads(args.model))
     cfg = SPMemberConfig(
         store_host=args.store_host,
         store_port=args.store_port,
         node=args.node,
-        model=args.model,
+        model=model,
         seed=args.seed,
         checkpoint=args.checkpoint,
     )

@@ -1,13 +1,15 @@
 """A spot node process: joins the coordinator, explores seeds, leaves cleanly on a notice.
 
     python -m spotlight.actors.spot_node --coordinator tcp://H:P --node-id N \\
-        [--notice-grace S] [--ready-file F] [--gpus G] [--threads T]
+        [--notice-grace S] [--ready-file F] [--gpus G] [--sp-degree D] [--threads T]
 
 (also what ``scripts/launch_spot.sh`` runs). Map of one process::
 
     main ──register_node(N, "spot", G, None, address)──► coordinator
       │      (answer: scheduler ref, the trainer's model config (a dict; a name from an
       │       older coordinator), the trainer's sampler, weight version)
+      ├─ --sp-degree D > 1: start G member processes (sp_worker, tracked by PID) and the
+      │    "sp_group" SPGroupScheduler; the explorer samples through it (sp_explore.py)
       ├─ spawn "explorer" (ExplorerActor of that model config: pulls from the scheduler)
       ├─ register_node(N, "spot", G, explorer) ─► coordinator subscribes it to the weights
       │                                           and registers it with the planner
@@ -17,8 +19,16 @@
       │    * the handler's on_exit: node_left(N, report) ask, exit 0 before the deadline
       │    * SIGINT (or SIGTERM without --notice-grace): node_left(N, None), exit 0
       │    * the coordinator lost: re-register for --coordinator-lost-s, else exit 0
-      ▼
+      ├─ SP group stopped (members stand by, SIGTERM, SIGKILL after 1 s, reaped by PID)
+    ▼
     os._exit(code): a sampling batch abandoned in its thread cannot hold the process.
+
+SP degree (``--sp-degree``): 1 (the default) samples in a worker thread of this process, as
+explorers always did. D > 1 hosts an elastic SP group of ``--gpus`` member processes at
+degree D (D <= G; members beyond D are spares): each explore batch is one SP request, the
+explorer decodes and rewards the final latents here. A member SIGKILLed (one GPU lost) makes
+the group re-form at the largest valid smaller degree and resume the batch from its last
+step boundary; the node keeps exploring. Members die with this process (PR_SET_PDEATHSIG).
 
 On a notice the handler asks ``node.drain(deadline)``: the agent tells the coordinator
 ``node_notice`` (so the planner stops counting this node's GPUs and weights stop flowing),
@@ -47,6 +57,8 @@ from spotlight.actors.coordinator import sampler_from_dict
 from spotlight.actors.explorer import ExplorerActor, ExploreSettings, model_config
 from spotlight.actors.preemption import PreemptionHandler, PreemptionReport
 from spotlight.actors.rollout import DrainReport
+from spotlight.actors.sampling_backend import BackendFactory
+from spotlight.actors.sp_explore import NodeSPConfig, SPBackend
 from spotlight.runtime import Actor, ActorRef, Runtime, RuntimeConfig, endpoint
 from spotlight.runtime.errors import SpotlightError
 from spotlight.runtime.notice import SignalNotice
@@ -139,7 +151,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
         if not leave.done():
             leave.set_result((name, None))
 
-    async with Runtime(config) as rt:
+    async with Runtime(config) as rt, contextlib.AsyncExitStack() as stack:
         peers = rt.peer_events()
         coordinator = rt.ref(args.coordinator, args.coordinator_name)
         answer = await _register(
@@ -162,6 +174,21 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             mode=args.mode,
             idle_pull_s=0.1,
         )
+        backend: BackendFactory | None = None
+        if args.sp_degree > 1:
+            try:
+                sp = await _start_sp_group(rt, args, model)
+            except (ValueError, RuntimeError, TimeoutError, SpotlightError) as exc:
+                log.error("cannot start the SP group: %s", exc)
+                return 1
+            stack.callback(sp.close)  # runs last (LIFO), even after an error: kill by PID
+            stack.push_async_callback(sp.stop)  # first: stand by, SIGTERM, reap
+            backend = sp.factory
+            print(
+                f"spot node {args.node_id}: SP group of {args.gpus} members (degree "
+                f"{args.sp_degree}) ready: pids {sp.member_pids}",
+                flush=True,
+            )
         explorer = await rt.spawn(
             ExplorerActor,
             name="explorer",
@@ -169,6 +196,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             worker_id=args.node_id,
             model=model,
             settings=settings,
+            backend=backend,
         )
         if (
             await _register(coordinator, args, explorer, rt.address, within_s=args.call_timeout_s)
@@ -217,8 +245,28 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             log.warning("node_left not acknowledged: %r", exc)
         log.warning("spot node %s leaves (%s)", args.node_id, why)
         with contextlib.suppress(Exception):
+            await asyncio.wait_for(stack.aclose(), timeout=_left(deadline))
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(rt.shutdown(f"leaving: {why}"), timeout=_left(deadline))
     return 0
+
+
+async def _start_sp_group(rt: Runtime, args: argparse.Namespace, model: Any) -> SPBackend:
+    """The node's SP group (``--gpus`` members at ``--sp-degree``); metrics go to the run's
+    monitor (actor ``monitor`` beside the coordinator) when there is one."""
+    config = NodeSPConfig(
+        node=args.node_id,
+        members=args.gpus,
+        degree=args.sp_degree,
+        threads=args.threads,
+        heartbeat_s=args.heartbeat_s,
+    )
+    monitor: ActorRef | None = None
+    try:
+        monitor = await rt.lookup(args.coordinator, "monitor", timeout=args.call_timeout_s)
+    except (SpotlightError, TimeoutError):
+        log.info("no monitor beside the coordinator: SP group metrics are not published")
+    return await SPBackend.start(rt, config, model, monitor=monitor)
 
 
 async def _coordinator_lost(
@@ -262,7 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
         "required (the coordinator's)",
     )
     p.add_argument("--advertise-host", default=None, help="host others dial (with 0.0.0.0)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--sp-degree",
+        type=int,
+        default=1,
+        help="sequence-parallel degree of the node's explorer: 1 samples in this process; "
+        "D > 1 runs an elastic SP group of --gpus member processes (D <= --gpus, and D must "
+        "divide the model's attention heads and image tokens)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (per SP member too)")
     p.add_argument("--mode", default="sde", choices=("sde", "ode"), help="exploration sampler")
     p.add_argument("--pull-batch", type=int, default=8, help="requests sampled together")
     p.add_argument("--micro-batch", type=int, default=16, help="samples per forward pass")
@@ -293,6 +349,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0 seconds, got {value}")
     if args.gpus < 0:
         raise SystemExit(f"--gpus must be >= 0, got {args.gpus}")
+    if args.sp_degree < 1:
+        raise SystemExit(f"--sp-degree must be >= 1, got {args.sp_degree}")
+    if args.sp_degree > max(args.gpus, 1):
+        raise SystemExit(
+            f"--sp-degree {args.sp_degree} needs as many GPUs (member processes); --gpus is "
+            f"{args.gpus}: valid degrees 1..{max(args.gpus, 1)}"
+        )
     logging.basicConfig(
         level=args.log_level, format=f"%(asctime)s spot {args.node_id} %(levelname)s %(message)s"
     )

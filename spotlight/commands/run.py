@@ -79,11 +79,14 @@ configuration: defaults < --config FILE (YAML or TOML; see configs/default.yaml)
 flags < --set section.key=value. Sections: run (iterations, time_budget_s, val_every,
 ckpt_every, seed, run_dir), trainer (seeds: random|explored, base, reward, lr, group_size,
 prompts_per_iter, objective: flow_grpo|nft, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale,
-notice_s, gpus_per_node, ondemand_gpus, ...), prices (preset, ondemand_usd_per_gpu_hour,
+notice_s, gpus_per_node, sp_degree, ondemand_gpus, ...), prices (preset, ondemand_usd_per_gpu_hour,
 spot_usd_per_gpu_hour). An unknown key is an error that lists the valid ones.
 spot.ondemand_gpus (on-demand GPUs billed) defaults to the trainer's world size: 1 here,
 torchrun's WORLD_SIZE under scripts/launch_ondemand.sh; set it when GPUs and ranks differ
 (e.g. --set spot.ondemand_gpus=8 for one process on an 8-GPU node).
+spot.sp_degree (default 1) runs each spot node's explorer as an elastic sequence-parallel
+group of spot.gpus_per_node member processes at that degree, e.g. --set spot.gpus_per_node=2
+--set spot.sp_degree=2; it must divide the base model's heads and image tokens.
 
 outputs in RUN_DIR: config.json, metrics.jsonl (every metric), trainer.jsonl, plans.jsonl,
 explore.journal, checkpoint/, curve.png, plots/, nodes.log (spot node output), report.json.
@@ -299,6 +302,26 @@ def _model_config(cfg: SystemConfig, progress: bool) -> DiTConfig:
     return read_card(cfg.trainer.base).config
 
 
+def check_sp_degree(cfg: SystemConfig) -> None:
+    """ConfigError (before anything starts) when ``spot.sp_degree`` does not divide the base
+    model's heads and image tokens. The cached tiny base is not built for this: its shape is
+    its recipe's named config."""
+    if not cfg.spot.enabled or cfg.spot.sp_degree == 1:
+        return
+    if cfg.trainer.base is None:
+        from spotlight.models.base import PretrainRecipe
+
+        model = PretrainRecipe().dit_config
+    else:
+        from spotlight.models.checkpoint import read_card
+
+        try:
+            model = read_card(cfg.trainer.base).config
+        except (OSError, ValueError):
+            return  # an unreadable base fails with its own error when the trainer loads it
+    cfg.spot.check_sp_degree(model.num_attention_heads, model.num_tokens)
+
+
 def node_command(cfg: SystemConfig, address: str) -> str:
     cmd = cfg.spot.node_command
     for key, value in (
@@ -306,6 +329,7 @@ def node_command(cfg: SystemConfig, address: str) -> str:
         ("{address}", address),
         ("{grace}", f"{cfg.spot.notice_grace_s:g}"),
         ("{gpus}", str(cfg.spot.gpus_per_node)),
+        ("{sp_degree}", str(cfg.spot.sp_degree)),
     ):
         cmd = cmd.replace(key, value)
     return cmd
@@ -552,6 +576,7 @@ def run(args: argparse.Namespace) -> int:
         cfg, run_dir, resume = resolve_config(args)
         if cfg.spot.enabled and cfg.spot.pool == "trace":
             cfg.spot.trace_path()  # a missing trace fails now, before anything starts
+        check_sp_degree(cfg)
         serving = Serving.from_args(args)
     except (ConfigError, ValueError) as exc:
         print(f"spotlight run: {exc}", file=sys.stderr)
