@@ -295,3 +295,9 @@ class ProcessNodeLauncher:
             # the leader exited (e.g. after SIGTERM); grandchildren may still hold the group
             self._signal(proc, signal.SIGKILL)
         proc.returncode = await asyncio.to_thread(proc.popen.wait, REAP_TIMEOUT_S)
+        # A killed node cannot clean up the weight snapshot it published to /dev/shm for its
+        # SP members (sp_explore.py): remove it here, by the node's PID, or each preemption of
+        # an SP node would leak one copy of the weights into RAM.
+        from spotlight.actors.weight_share import remove_published_by
+
+        remove_published_by(proc.pid)

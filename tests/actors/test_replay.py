@@ -117,6 +117,9 @@ CHILD = textwrap.dedent(
         with open(os.path.join(out, node + ".term"), "w") as f:
             f.write("notice")
     signal.signal(signal.SIGTERM, on_term)
+    # what an SP spot node leaves in /dev/shm when it is killed (its weight snapshot)
+    with open(f"/dev/shm/spotlight-w-{os.getpid()}-replaytest", "w") as f:
+        f.write("weights")
     with open(os.path.join(out, node + ".tmp"), "w") as f:
         f.write(f"{os.getpid()} {grandchild.pid}")
     os.rename(os.path.join(out, node + ".tmp"), os.path.join(out, node + ".pids"))
@@ -130,6 +133,10 @@ def _command(tmp_path: Path) -> str:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     return f"{sys.executable} {script} {tmp_path} {{node}}"
+
+
+def _snapshots_of(pid: int) -> list[Path]:
+    return list(Path("/dev/shm").glob(f"spotlight-w-{pid}-*"))
 
 
 async def _pids(tmp_path: Path, node: str) -> list[int]:
@@ -163,6 +170,8 @@ def test_process_launcher_notice_and_kill(tmp_path: Path) -> None:
                 assert not (tmp_path / "b.term").exists()
                 await wait_for(lambda: all(process_gone(p) for p in pa + pb), "every process gone")
                 assert launcher.live_pids() == []
+                # the killed nodes' /dev/shm weight snapshots are removed by PID
+                assert not _snapshots_of(pa[0]) and not _snapshots_of(pb[0])
         finally:
             for pid in all_pids:  # belt and braces: never leave a process behind
                 if not process_gone(pid):
