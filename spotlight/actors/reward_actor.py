@@ -98,7 +98,9 @@ class RewardActor(Actor):
     async def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         """float32 [B] scores of uint8 B×H×W×3 ``images``, one caption each, in order."""
         try:
-            if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
+            if not isinstance(prompts, list | tuple) or not all(
+                isinstance(p, str) for p in prompts
+            ):
                 raise RewardInputError(
                     f"prompts must be a list of strings, got {type(prompts).__name__}"
                 )

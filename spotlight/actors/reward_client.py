@@ -52,6 +52,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
 import numpy as np
 
 from spotlight.actors.reward_actor import INPUT_ERROR

@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from spotlight.actors.reward_actor import RewardActor
 from spotlight.runtime import ActorRef, Runtime, RuntimeConfig
@@ -107,8 +108,11 @@ async def _worker_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
         if args.ready_file:
             _write_atomic(args.ready_file, rt.address)
         log.info("reward worker %s at %s (%d actors)", args.worker_id, rt.address, args.actors)
-        watcher = asyncio.ensure_future(_registry_lost(peers, registry, refs, args))
-        done, _ = await asyncio.wait({leave, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        watcher: asyncio.Future[Any] = asyncio.ensure_future(
+            _registry_lost(peers, registry, refs, args)
+        )
+        waiting: set[asyncio.Future[Any]] = {leave, watcher}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         why = "registry lost" if watcher in done else leave.result()
         watcher.cancel("leaving")
         log.warning("reward worker %s leaves (%s)", args.worker_id, why)
@@ -153,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.registry_lost_s >= 0:
         raise SystemExit(f"--registry-lost-s must be >= 0, got {args.registry_lost_s}")
     logging.basicConfig(
-        level=args.log_level, format=f"%(asctime)s reward {args.worker_id} %(levelname)s %(message)s"
+        level=args.log_level,
+        format=f"%(asctime)s reward {args.worker_id} %(levelname)s %(message)s",
     )
     config = RuntimeConfig(
         cluster_token=os.environ.get(TOKEN_ENV) or None,
