@@ -31,9 +31,9 @@ image), so remote scores equal in-process ones bit for bit, in the caller's orde
 Bad input (``RewardInputError`` from an actor) is the caller's error, not a worker's: it is
 raised here as ``ValueError`` at once, as the in-process reward would, and nothing retries.
 
-Bounds: each ask by ``timeout_s``; the whole call by the start window plus
-``timeout_s`` × (chunks + actors) (each round finishes a chunk or retires an actor); past
-that the caller cancels the coroutine and scores everything in process. Calling from the
+Bounds: each ask by ``timeout_s``; the asks of one call together by ``timeout_s`` ×
+(chunks + 1), past which the chunks still unscored go in process; the caller's wait by the
+start window plus that plus a margin (if the loop itself stopped: everything in process). Calling from the
 loop's own thread would deadlock, so it raises instead.
 
 Data parallelism: only rank 0 has a runtime. Each DP rank scores its own shard of whole
@@ -66,6 +66,9 @@ __all__ = ["RemoteReward", "RemoteRewardStats"]
 log = logging.getLogger("spotlight.actors.reward_client")
 
 RewardFn = Callable[[np.ndarray, list[str]], np.ndarray]
+
+_NET_MARGIN_S = 10.0
+"""Slack of the caller's wait over the coroutine's own bound."""
 
 
 @dataclass
@@ -150,7 +153,9 @@ class RemoteReward:
         n = len(prompts)
         chunks = [(lo, min(lo + self.chunk_images, n)) for lo in range(0, n, self.chunk_images)]
         wait_s = self._ready_within_s()
-        bound = wait_s + self.timeout_s * (len(chunks) + len(self.roster.actors()) + 1) + 5.0
+        # The coroutine bounds itself (start window + ``_rounds_cap_s``); this is the net
+        # for a loop that stopped running under us.
+        bound = wait_s + self._rounds_cap_s(len(chunks)) + _NET_MARGIN_S
         outcome = _Outcome(results={})
         try:
             fut = asyncio.run_coroutine_threadsafe(
@@ -194,6 +199,11 @@ class RemoteReward:
             self._on_call(snapshot)
         return out
 
+    def _rounds_cap_s(self, n_chunks: int) -> float:
+        """The most the asks of one call may take: every chunk once plus one failure, each
+        within ``timeout_s`` (a slower call scores the rest in process)."""
+        return self.timeout_s * (n_chunks + 1)
+
     # -- the event loop ----------------------------------------------------------------
 
     async def _score(
@@ -231,13 +241,21 @@ class RemoteReward:
                 outcome.results[i] = got
                 outcome.by_worker[wid] = outcome.by_worker.get(wid, 0) + 1
 
-        while queue and outcome.bad_input is None:
-            actors = [(w, r) for w, r in self.roster.actors() if r not in retired]
-            if not actors:
-                break
-            async with asyncio.TaskGroup() as tg:
-                for wid, ref in actors:
-                    tg.create_task(drain(wid, ref))
+        try:
+            async with asyncio.timeout(self._rounds_cap_s(len(chunks))):
+                while queue and outcome.bad_input is None:
+                    actors = [(w, r) for w, r in self.roster.actors() if r not in retired]
+                    if not actors:
+                        break
+                    async with asyncio.TaskGroup() as tg:
+                        for wid, ref in actors:
+                            tg.create_task(drain(wid, ref))
+        except TimeoutError:
+            log.error(
+                "reward actors took over %.1f s for one call; %d chunk(s) go in process",
+                self._rounds_cap_s(len(chunks)),
+                len(chunks) - len(outcome.results),
+            )
         return outcome
 
     @staticmethod

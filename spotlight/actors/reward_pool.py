@@ -222,7 +222,7 @@ class RewardPool:
 
     async def _watch_peers(self) -> None:
         async for event in self.runtime.peer_events():
-            if event.kind == "peer_lost":
+            if event.kind == "peer_lost" and not self._closing:
                 self.roster.lost_address(event.address, f"peer lost: {event.reason}")
 
     async def statistics(self, timeout_s: float = 5.0) -> dict[str, Any]:
