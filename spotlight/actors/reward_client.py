@@ -169,6 +169,8 @@ class RemoteReward:
             except concurrent.futures.TimeoutError:
                 fut.cancel()
                 log.error("remote reward call exceeded %.1f s; scoring it in process", bound)
+            except concurrent.futures.CancelledError:  # the loop is shutting down
+                log.warning("remote reward call cancelled by its loop; scoring in process")
         if outcome.bad_input is not None:
             raise ValueError(outcome.bad_input)
         out = np.empty(n, dtype=np.float32)
