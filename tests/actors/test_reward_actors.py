@@ -163,3 +163,14 @@ def test_a_worker_killed_mid_batch_is_retried_and_none_left_falls_back_in_proces
                 await _close(pool)
 
     arun(main())
+
+
+def test_a_reward_of_your_own_by_module_path() -> None:
+    """What lets `spotlight run --set trainer.reward=pkg.mod:factory` reach reward workers."""
+    from tests.micro import redness
+
+    assert build_reward("tests.micro:redness_reward") is redness
+    with pytest.raises(ValueError, match=r"cannot import 'nope' from 'tests.micro'.*geneval"):
+        build_reward("tests.micro:nope")
+    with pytest.raises(ValueError, match=r"unknown reward 'gen'; valid rewards: geneval"):
+        build_reward("gen")
