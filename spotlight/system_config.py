@@ -22,6 +22,7 @@ Sections (every field is documented where it is declared):
 - ``planner``: the exploration planner's knobs (used when ``trainer.seeds: explored``).
 - ``spot``: the simulated spot pool (trace, time scale, notice lead, node command).
 - ``prices``: GPU-hour prices (a preset, optionally overridden).
+- ``rewards``: reward worker processes the trainer scores through (0: in process).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "ConfigError",
     "PlannerSection",
     "PricesSection",
+    "RewardsSection",
     "RunSection",
     "SpotSection",
     "SystemConfig",
@@ -394,6 +396,39 @@ class PricesSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RewardsSection:
+    """Reward actors (spotlight/actors/reward_*.py): worker processes the trainer's rollouts
+    and validation are scored by, so a slow reward runs beside the trainer, not inside it.
+
+    Only the trainer's rank 0 uses them; data-parallel followers and spot-node explorers
+    score in process (a spot node is its own machine: a node-local reward is right there).
+    Scores are bit-identical either way, so this changes speed, never results."""
+
+    workers: int = 1
+    """Reward worker processes `spotlight run` starts (and kills by PID at the end); 0: the
+    trainer scores in process, in its torch thread, exactly as without reward actors."""
+    actors_per_worker: int = 1
+    """RewardActors per worker process (each scores one chunk at a time, in a thread)."""
+    chunk_images: int = 16
+    """Images per ask; a batch is split into chunks that free actors pull. A lost worker
+    costs one chunk's recomputation."""
+    timeout_s: float = 30.0
+    """Deadline of each ask; past it (or on a lost worker) the chunk goes to another actor,
+    and with none left it is scored in process (counted in the report)."""
+    start_timeout_s: float = 60.0
+    """How long reward calls wait for launched workers to register at the start of a run
+    (then they score in process until the workers are up)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise ConfigError(f"rewards.workers must be an integer >= 0, got {self.workers!r}")
+        _positive_int("rewards", "actors_per_worker", self.actors_per_worker)
+        _positive_int("rewards", "chunk_images", self.chunk_images)
+        _positive_float("rewards", "timeout_s", self.timeout_s)
+        _positive_float("rewards", "start_timeout_s", self.start_timeout_s)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SystemConfig:
     """Everything `spotlight run` needs; see the module docstring."""
 
@@ -402,6 +437,7 @@ class SystemConfig:
     planner: PlannerSection = field(default_factory=PlannerSection)
     spot: SpotSection = field(default_factory=SpotSection)
     prices: PricesSection = field(default_factory=PricesSection)
+    rewards: RewardsSection = field(default_factory=RewardsSection)
 
     def __post_init__(self) -> None:
         try:

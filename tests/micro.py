@@ -42,6 +42,12 @@ def redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
     return np.clip(0.5 + 0.5 * (img[..., 0] - img[..., 1:].mean(-1)).mean(axis=(1, 2)), 0, 1)
 
 
+def redness_reward() -> object:
+    """``redness`` by name, for processes that build their reward from a config string
+    (``trainer.reward=tests.micro:redness_reward``: reward workers, `spotlight run`)."""
+    return redness
+
+
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
 
 

@@ -97,6 +97,13 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
             ["spot.gpus_per_node=4", "spot.sp_degree=2", "spot.node_command={python} {node}"],
             r"spot.sp_degree=2 would be ignored: spot.node_command has no \{sp_degree\}",
         ),
+        (["rewards.workers=-1"], r"rewards.workers must be an integer >= 0, got -1"),
+        (["rewards.workers=two"], r"rewards.workers='two' is not a valid int"),
+        (["rewards.actors_per_worker=0"], r"rewards.actors_per_worker must be an integer >= 1"),
+        (["rewards.chunk_images=0"], r"rewards.chunk_images must be an integer >= 1"),
+        (["rewards.timeout_s=0"], r"rewards.timeout_s must be a finite number > 0"),
+        (["rewards.start_timeout_s=inf"], r"rewards.start_timeout_s must be a finite number"),
+        (["rewards.threads=2"], r"unknown config key 'rewards.threads'.*valid keys of 'rewards'"),
     ],
 )
 def test_bad_settings_name_the_key_and_the_valid_choices(
@@ -147,6 +154,15 @@ def test_file_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "typed.yaml")
     with pytest.raises(ConfigError, match=r"spot\.trace='nowhere\.csv': no such file"):
         load_config(overrides=["spot.trace=nowhere.csv"]).spot.trace_path()
+
+
+def test_rewards_section_round_trips_and_old_run_dirs_get_the_default() -> None:
+    cfg = apply_overrides(SystemConfig(), ["rewards.workers=0", "rewards.chunk_images=8"])
+    assert (cfg.rewards.workers, cfg.rewards.chunk_images) == (0, 8)
+    assert SystemConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = SystemConfig().to_dict()
+    del old["rewards"]  # config.json of a run made before reward actors existed
+    assert SystemConfig.from_dict(old).rewards == SystemConfig().rewards
 
 
 def test_ondemand_gpus_default_to_the_trainers_world_size() -> None:
@@ -462,3 +478,55 @@ def test_spotlight_run_with_sp_group_spot_nodes(micro_base: Path, tmp_path: Path
     pairs = re.findall(r"ready: pids \[(\d+), (\d+)\]", nodes_log)
     members = [int(pid) for pair in pairs for pid in pair]
     assert members and all(process_gone(p) for p in members), members
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_rewards_through_two_reward_workers_equal_in_process_rewards(
+    micro_base: Path, tmp_path: Path
+) -> None:
+    """`spotlight run` with rewards.workers=2 scores through reward actors; every iteration's
+    rewards, loss and validation equal a rewards.workers=0 run's (prompts, seeds and SDE noise
+    are functions of (run seed, iteration); remote scores are bit-identical), and the worker
+    processes are gone at the end."""
+    common = ["--no-spot", "--json", "--iterations", "2", "--set", f"trainer.base={micro_base}",
+              *SMALL, "--set", "rewards.chunk_images=3",
+              # the micro base draws saturated noise, on which GenEval finds nothing (all 0);
+              # redness spreads, so equal rewards (and losses) mean something
+              "--set", "trainer.reward=tests.micro:redness_reward"]  # fmt: skip
+    runs: dict[int, dict[str, Any]] = {}
+    for workers in (0, 2):
+        run_dir = tmp_path / f"w{workers}"
+        proc = _spotlight_run(
+            [*common, "--run-dir", str(run_dir), "--set", f"rewards.workers={workers}"],
+            timeout=280,
+        )
+        report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
+        leftovers = [p for p in report.get("rewards", {}).get("pids", []) if not process_gone(p)]
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert leftovers == []
+        records = [json.loads(x) for x in (run_dir / "trainer.jsonl").read_text().splitlines()]
+        runs[workers] = {"report": report, "records": records}
+    local, remote = runs[0]["report"]["rewards"], runs[2]["report"]["rewards"]
+    assert local == {"workers": 0, "mode": "in-process"}
+    assert remote["mode"] == "actors" and len(remote["pids"]) == 2
+    assert remote["remote_images"] == remote["images"] > 0 and remote["local_images"] == 0
+    actors = runs[2]["report"]["stats"]["rewards"]["pool"]["actors"]
+    assert sum(a["images"] for a in actors.values()) == remote["images"]
+
+    def comparable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        keep = ("kind", "iteration", "reward_mean", "reward_std", "zero_std_group_frac",
+                "loss", "grad_norm", "val_score", "val_spread")  # fmt: skip
+        return [{k: r[k] for k in keep if k in r} for r in records]
+
+    assert comparable(runs[2]["records"]) == comparable(runs[0]["records"])
+    iters = [r for r in runs[0]["records"] if r["kind"] == "iteration"]
+    assert all(r["reward_std"] > 0 for r in iters)  # not a comparison of zeros
+    assert len([r for r in runs[0]["records"] if r["kind"] == "iteration"]) == 2
+    topics = [json.loads(x)["topic"] for x in (tmp_path / "w2" / "metrics.jsonl").open()]
+    assert "rewards" in topics and "reward_pool" in topics
+    assert "rewards" not in [
+        json.loads(x)["topic"] for x in (tmp_path / "w0" / "metrics.jsonl").open()
+    ]

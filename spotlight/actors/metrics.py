@@ -51,6 +51,10 @@ validation    evaluator name               iteration, score
 preemption    node or worker id            kind ("notice"/"silent"), lead_s, steps_lost
                                            (or ``PreemptionReport``: drain.abandoned_steps)
 exploration   planner / explorer name      budget_s, budget_used_s, fallbacks, seeds
+rewards       trainer (reward client)      workers, calls, remote_images, local_images,
+                                           retries, last_call_s (``RemoteRewardStats``)
+reward_pool   trainer, at the end          actors: each reward actor's ``RewardActorStats``
+                                           (calls, images, seconds, errors); lost, pids
 ============  ===========================  =================================================
 
 Field values must be plain (None, bool, int, float, str, and lists/dicts of them);

@@ -3,7 +3,9 @@
 No I/O, no clock, no actor: ``render(state)`` depends on the state alone (ages are
 measured against ``state.time``), so tests render to a string and assert on the text.
 The system is assembled incrementally: a section whose topic has not reported yet shows
-"—" rather than disappearing, so a missing publisher is visible.
+"—" rather than disappearing, so a missing publisher is visible. The one exception is
+Rewards: it appears once the ``rewards`` topic reports, because with ``rewards.workers: 0``
+the trainer scores in process and nothing publishes it (a "—" there would be no fault).
 
 Layout (fits 100 columns × 30 lines with the default row limits)::
 
@@ -12,6 +14,7 @@ Layout (fits 100 columns × 30 lines with the default row limits)::
     │ Nodes (class, status, GPU-h, $) │ │ Trainer (iteration, loss, reward ±)  │
     │ Actors & SP groups              │ │ Validation sparkline                 │
     │                                 │ │ Scheduler / Exploration / Preemptions│
+    │                                 │ │ Rewards (when reward actors run)     │
     └─────────────────────────────────┘ └──────────────────────────────────────┘
 """
 
@@ -374,6 +377,24 @@ def _preemptions(state: MonitorState, max_rows: int) -> RenderableType:
     return sec
 
 
+def _rewards(state: MonitorState) -> RenderableType | None:
+    newest = _newest(state, "rewards")
+    if newest is None:
+        return None
+    f = newest[1]
+    sec = _section("Rewards")
+    last = _get(f, "last_call_s")
+    sec.add_row(
+        f"workers {_num(_get(f, 'workers'))}  calls {_num(_get(f, 'calls'))}  "
+        f"last {_num(last * 1000 if isinstance(last, int | float) else None, '{:,.0f}')} ms"
+    )
+    sec.add_row(
+        f"images {_num(_get(f, 'remote_images'))} remote, {_num(_get(f, 'local_images'))} "
+        f"in process  retries {_num(_get(f, 'retries'))}"
+    )
+    return sec
+
+
 # ============================================================================ the view
 
 
@@ -397,13 +418,15 @@ def render(
     if state.write_errors:
         header.append(f"  write errors {state.write_errors}", style="red")
     left = Group(_nodes(state, max_nodes), _actors(state, max_actors))
-    right = Group(
+    sections = [
         _trainer(state, spark_width),
         _validation(state, spark_width),
         _scheduler(state),
         _exploration(state),
         _preemptions(state, max_preemptions),
-    )
+        _rewards(state),
+    ]
+    right = Group(*(s for s in sections if s is not None))
     grid = Table.grid(expand=True, padding=(0, 2))
     grid.add_column(ratio=53)
     grid.add_column(ratio=47)

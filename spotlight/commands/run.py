@@ -9,6 +9,8 @@ Processes and actors (embedded default, one CPU machine, tiny model)::
         "coordinator" (Coordinator: membership, weights, cost, preemptions)
       + TrainerLoop (spotlight/actors/trainer_loop.py; torch work in a thread)
       + TraceReplayer + ProcessNodeLauncher: one spot node process per trace node
+      + "rewards" (RewardRegistry) and ``rewards.workers`` reward worker processes
+        (run_rewards.py); the trainer scores its rollouts and validation through them
       + the live view (a subscriber of the monitor; JSON lines when stdout is not a TTY)
     spot node processes: `python -m spotlight.actors.spot_node --coordinator ADDR ...`
       (explorer + preemption handler; a notice is SIGTERM, a removal SIGKILL)
@@ -21,7 +23,8 @@ bills and counts them from the coordinator's record (run_cluster.py). ``--ready-
 ``--stop-file`` are how scripts find the address and end the run.
 
 Shutdown order: trainer stops (end, time budget, or first Ctrl-C: after its iteration, with
-a checkpoint) -> replay cancelled -> every spot process killed and reaped by PID -> weight
+a checkpoint) -> replay cancelled -> every spot process killed and reaped by PID -> reward
+workers' statistics asked, workers killed and reaped by PID -> weight
 streams and metrics flushed -> report -> runtime shut down. A second Ctrl-C cancels at once
 (spot processes are still killed by PID on the way out).
 
@@ -59,6 +62,7 @@ from spotlight.commands.run_cluster import (
     watch_stop_file,
     write_atomic,
 )
+from spotlight.commands.run_rewards import RunRewards, reward_summary
 from spotlight.system_config import ConfigError, SystemConfig, load_config
 
 if TYPE_CHECKING:
@@ -80,7 +84,9 @@ flags < --set section.key=value. Sections: run (iterations, time_budget_s, val_e
 ckpt_every, seed, run_dir), trainer (seeds: random|explored, base, reward, lr, group_size,
 prompts_per_iter, objective: flow_grpo|nft, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale,
 notice_s, gpus_per_node, sp_degree, ondemand_gpus, ...), prices (preset, ondemand_usd_per_gpu_hour,
-spot_usd_per_gpu_hour). An unknown key is an error that lists the valid ones.
+spot_usd_per_gpu_hour), rewards (workers: reward worker processes, 0 = in process;
+actors_per_worker, chunk_images, timeout_s, start_timeout_s). An unknown key is an error
+that lists the valid ones.
 spot.ondemand_gpus (on-demand GPUs billed) defaults to the trainer's world size: 1 here,
 torchrun's WORLD_SIZE under scripts/launch_ondemand.sh; set it when GPUs and ranks differ
 (e.g. --set spot.ondemand_gpus=8 for one process on an 8-GPU node).
@@ -89,7 +95,8 @@ group of spot.gpus_per_node member processes at that degree, e.g. --set spot.gpu
 --set spot.sp_degree=2; it must divide the base model's heads and image tokens.
 
 outputs in RUN_DIR: config.json, metrics.jsonl (every metric), trainer.jsonl, plans.jsonl,
-explore.journal, checkpoint/, curve.png, plots/, nodes.log (spot node output), report.json.
+explore.journal, checkpoint/, curve.png, plots/, nodes.log (spot node output), rewards.log
+(reward worker output), report.json.
 Watch a running job from another terminal: spotlight monitor --attach ADDRESS (printed at
 start). Ctrl-C stops gracefully (checkpoint, spot processes killed); twice: at once.
 
@@ -462,7 +469,10 @@ async def _main(
             rt.create_task(watch_stop_file(serving.stop_file, stop), name="stop file")
         nodes_log = None
         summary: TrainerSummary | None = None
+        rewards = None
+        reward_stats: dict[str, Any] | None = None
         try:
+            rewards = await RunRewards.start(rt, cfg, run_dir, metrics)
             if serving.ready_file is not None:
                 write_atomic(serving.ready_file, rt.address + "\n")
             if pool.enabled and not pool.external:
@@ -495,6 +505,7 @@ async def _main(
                 planner=planner,
                 publisher=publisher,
                 metrics=metrics,
+                reward_fn=rewards.client if rewards is not None else None,
             )
             summary = await trainer.run(stop)
         finally:
@@ -510,7 +521,10 @@ async def _main(
                 await asyncio.shield(_stop_pool(pool.launcher))
             if nodes_log is not None:
                 nodes_log.close()
+            if rewards is not None:
+                reward_stats = await asyncio.shield(rewards.stop(metrics))
         stats = await _gather_stats(scheduler, planner, coordinator, publisher)
+        stats["rewards"] = reward_stats
         with contextlib.suppress(Exception):
             await asyncio.wait_for(publisher.flush(FLUSH_TIMEOUT_S), FLUSH_TIMEOUT_S + 1)
         await publisher.close()
@@ -545,6 +559,7 @@ async def _main(
         interrupted=bool(interrupts),
     )
     report["spot"]["pool"] = ("external" if pool.external else "trace") if pool.enabled else None
+    report["rewards"] = reward_summary(reward_stats, cfg.rewards.workers)
     if pool.external:
         report["spot"]["trace"] = None
     return report

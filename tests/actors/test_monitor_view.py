@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from io import StringIO
 
@@ -122,3 +123,18 @@ def test_sparkline() -> None:
     assert len(sparkline(list(range(100)), width=10)) == 10
     with pytest.raises(ValueError, match="width=0"):
         sparkline([1], width=0)
+
+
+def test_rewards_section_appears_once_reward_actors_report() -> None:
+    assert "Rewards" not in to_text(synthetic_state())  # rewards.workers: 0 publishes nothing
+    state = synthetic_state()
+    store = MonitorStore(clock=lambda: NOW)
+    fields = {"workers": 2, "calls": 9, "last_call_s": 0.0123, "remote_images": 570,
+              "local_images": 6, "retries": 1}  # fmt: skip
+    store.apply([MetricRecord(time=NOW, source="trainer", topic="rewards", fields=fields)])
+    state = dataclasses.replace(state, latest={**state.latest, **store.snapshot().latest})
+    text = to_text(state)
+    assert "Rewards" in text and "workers 2  calls 9  last 12 ms" in text
+    assert "images 570 remote, 6 in process  retries 1" in text
+    lines = text.rstrip("\n").splitlines()
+    assert len(lines) <= 30 and max(len(line) for line in lines) <= 100, "\n".join(lines)

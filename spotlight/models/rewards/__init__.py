@@ -5,13 +5,20 @@ process builds its own (``build_reward(name, **config)``) and scores whole batch
 
     geneval  programmatic GenEval-style reward on the procedural scenes (default; geneval.py)
     ocr      OCR of quoted prompt text with RapidOCR on CPU (optional package; ocr.py)
+
+A name of the form ``package.module:factory`` is a reward of your own: ``factory(**config)``
+must return a callable with the ``Reward`` call signature. It is imported by name in every
+process that scores (the trainer, reward workers, explorers), so it must be importable there.
+Every reward must score each image on its own (no batch statistics): reward workers split
+batches into chunks and rely on the scores not depending on the split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -63,7 +70,10 @@ REWARD_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def build_reward(name: str, **kwargs: Any) -> Reward:
-    """The reward called ``name``, configured by ``kwargs`` (fields of its config dataclass)."""
+    """The reward called ``name``, configured by ``kwargs`` (fields of its config dataclass),
+    or the reward ``package.module:factory(**kwargs)`` returns (see the module docstring)."""
+    if ":" in name and name not in _BUILDERS:
+        return _custom(name, kwargs)
     if name not in _BUILDERS:
         raise ValueError(f"unknown reward {name!r}; valid rewards: {', '.join(REWARD_NAMES)}")
     builder, config_cls = _BUILDERS[name]
@@ -74,3 +84,18 @@ def build_reward(name: str, **kwargs: Any) -> Reward:
             f"reward {name!r} has no setting(s) {unknown}; valid settings: {', '.join(sorted(valid))}"
         )
     return builder(**kwargs)
+
+
+def _custom(name: str, kwargs: dict[str, Any]) -> Reward:
+    module_name, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"reward {name!r}: cannot import {attr!r} from {module_name!r} ({exc}); give "
+            f"package.module:factory, or one of: {', '.join(REWARD_NAMES)}"
+        ) from None
+    reward = factory(**kwargs)
+    if not callable(reward):
+        raise ValueError(f"reward {name!r}: {attr}(...) returned {reward!r}, not a callable")
+    return cast("Reward", reward)
