@@ -404,12 +404,9 @@ class RewardsSection:
     score in process (a spot node is its own machine: a node-local reward is right there).
     Scores are bit-identical either way, so this changes speed, never results."""
 
-    workers: int = 0
-    """Reward worker processes `spotlight run` starts (and kills by PID at the end); 0 (the
-    default): the trainer scores in process, in its torch thread, exactly as without reward
-    actors. Not yet the default: with 1 worker on the 2-core box, 2 of 3 runs had the main
-    process miss every peer's heartbeat for ~2.4 s once or twice (not diagnosed; see README),
-    which the coordinator then counts as silent preemptions of live nodes."""
+    workers: int = 1
+    """Reward worker processes `spotlight run` starts (and kills by PID at the end); 0: the
+    trainer scores in process, in its torch thread, exactly as without reward actors."""
     actors_per_worker: int = 1
     """RewardActors per worker process (each scores one chunk at a time, in a thread)."""
     chunk_images: int = 16

@@ -157,8 +157,8 @@ def test_file_errors(tmp_path: Path) -> None:
 
 
 def test_rewards_section_round_trips_and_old_run_dirs_get_the_default() -> None:
-    cfg = apply_overrides(SystemConfig(), ["rewards.workers=2", "rewards.chunk_images=8"])
-    assert (cfg.rewards.workers, cfg.rewards.chunk_images) == (2, 8)
+    cfg = apply_overrides(SystemConfig(), ["rewards.workers=0", "rewards.chunk_images=8"])
+    assert (cfg.rewards.workers, cfg.rewards.chunk_images) == (0, 8)
     assert SystemConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     old = SystemConfig().to_dict()
     del old["rewards"]  # config.json of a run made before reward actors existed
