@@ -11,13 +11,13 @@ Map (one actor; two tasks it owns, both cancelled in ``on_stop``)::
                                                     │ (applied between batches)
     scheduler ◄──pull(worker_id, n)──── _loop task ─┴─backend.rewards──► generate + reward
     scheduler ◄──complete(rid, token, ExploreResult)─┘    (one batched pass per pull)
-
-  The sampling pass runs behind a :class:`~spotlight.actors.sampling_backend.SamplingBackend`:
-  a worker thread of this process at SP degree 1 (``ThreadBackend``), the node's elastic SP
-  group at degree > 1 (``sp_explore.SPBackend``); weights reach it through ``backend.load``
-  between batches. A batch the backend loses (``SamplingFailed``) hands its leases back.
     scheduler ◄──renew(worker_id)────── _heartbeat task (every heartbeat_s while holding)
     scheduler ──deliver_group(ExploreResult)──► planner (push, see scheduler.py)
+
+The sampling pass runs behind a :class:`~spotlight.actors.sampling_backend.SamplingBackend`:
+a worker thread of this process at SP degree 1 (``ThreadBackend``), the node's elastic SP
+group at degree > 1 (``sp_explore.SPBackend``); weights reach it through ``backend.load``
+between batches. A batch the backend loses (``SamplingFailed``) hands its leases back.
 
 * ``weight_chunk`` (what :class:`~spotlight.actors.weight_publish.WeightPublisher` sends, one
   ``tell`` per chunk) feeds a ``WeightInbox``; a version is offered to the slot once all its
