@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,26 @@ def _spotlight_run(args: list[str], timeout: float) -> subprocess.CompletedProce
     )
 
 
+def _reaped_report(
+    proc: subprocess.CompletedProcess[str],
+    run_dir: Path,
+    pids_of: Callable[[dict[str, Any]], list[int]],
+) -> dict[str, Any]:
+    """report.json of a finished run, after SIGKILLing (by PID) any process it left behind
+    among ``pids_of(report)``; fails if the run failed or left one."""
+    report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
+    leftovers = [p for p in pids_of(report) if not process_gone(p)]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert leftovers == []
+    return report
+
+
+def _node_pids(report: dict[str, Any]) -> list[int]:
+    return list(report.get("spot", {}).get("node_pids", []))
+
+
 SMALL = [
     "--set", "trainer.prompts_per_iter=2",
     "--set", "trainer.group_size=2",
@@ -414,13 +435,8 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path) -> N
          "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=2"],
         timeout=360,
     )  # fmt: skip
-    report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
-    pids = report.get("spot", {}).get("node_pids", [])
-    leftovers = [p for p in pids if not process_gone(p)]
-    for pid in leftovers:
-        os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert leftovers == []
+    report = _reaped_report(proc, run_dir, _node_pids)
+    pids = _node_pids(report)
     spot = report["spot"]
     assert spot["enabled"] and spot["nodes_started"] >= 2 and pids
     assert spot["preemptions_with_notice"] >= 1
@@ -455,13 +471,7 @@ def test_spotlight_run_with_sp_group_spot_nodes(micro_base: Path, tmp_path: Path
          "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=2"],
         timeout=360,
     )  # fmt: skip
-    report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
-    pids = report.get("spot", {}).get("node_pids", [])
-    leftovers = [p for p in pids if not process_gone(p)]
-    for pid in leftovers:
-        os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert leftovers == []
+    report = _reaped_report(proc, run_dir, _node_pids)
     nodes_log = (run_dir / "nodes.log").read_text()
     assert "SP group of 2 members (degree 2) ready" in nodes_log, nodes_log[-3000:]
     assert "cannot start the SP group" not in nodes_log and "rejects weights" not in nodes_log
@@ -501,12 +511,7 @@ def test_rewards_through_two_reward_workers_equal_in_process_rewards(
             [*common, "--run-dir", str(run_dir), "--set", f"rewards.workers={workers}"],
             timeout=280,
         )
-        report = json.loads((run_dir / "report.json").read_text()) if proc.returncode == 0 else {}
-        leftovers = [p for p in report.get("rewards", {}).get("pids", []) if not process_gone(p)]
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert leftovers == []
+        report = _reaped_report(proc, run_dir, lambda r: list(r.get("rewards", {}).get("pids", [])))
         records = [json.loads(x) for x in (run_dir / "trainer.jsonl").read_text().splitlines()]
         runs[workers] = {"report": report, "records": records}
     local, remote = runs[0]["report"]["rewards"], runs[2]["report"]["rewards"]
