@@ -334,6 +334,10 @@ def test_spotlight_run_no_spot_end_to_end_and_resume(micro_base: Path, tmp_path:
     assert cost["saving_fraction"] == pytest.approx(0.0)
     assert cost["ondemand_gpus"] == 1  # the default: one per DP rank, world 1 here
     assert report["stats"]["coordinator"]["nodes"]["od0"]["gpus"] == 1
+    assert report["stats"]["coordinator"]["rejoined"] == 0
+    loop_stats = report["stats"]["event_loop"]  # how long the main loop could not run
+    assert set(loop_stats) == {"loop_stalls", "loop_lag_max_ms", "peers_lost"}
+    assert loop_stats["loop_lag_max_ms"] >= 0
     assert [v["iteration"] for v in report["validations"]] == [0, 2]
     for name in ("curve.png", "metrics.jsonl", "plans.jsonl", "config.json"):
         assert (run_dir / name).stat().st_size > 0, name
@@ -426,11 +430,15 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path) -> N
     """The whole system: spot node processes from a trace, explored seeds, preemptions.
 
     The base is the micro checkpoint, a config no name stands for: spot nodes build the
-    coordinator's DiTConfig from its answer, so the published weights fit."""
+    coordinator's DiTConfig from its answer, so the published weights fit. A time budget,
+    not an iteration count, ends it: micro iterations are so quick that a dozen of them end
+    before the node processes have imported torch and diffusers on a fast machine; at
+    time scale 10 the trace's nodes live 10-50 s, long enough to start and explore."""
     run_dir = tmp_path / "run"
     proc = _spotlight_run(
-        ["--iterations", "12", "--no-live", "--run-dir", str(run_dir),
-         "--set", f"trainer.base={micro_base}", "--set", "spot.time_scale=60",
+        ["--iterations", "2000", "--no-live", "--run-dir", str(run_dir),
+         "--set", "run.time_budget_s=45",
+         "--set", f"trainer.base={micro_base}", "--set", "spot.time_scale=10",
          "--set", "trainer.prompts_per_iter=4", "--set", "trainer.group_size=4",
          "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=2"],
         timeout=360,

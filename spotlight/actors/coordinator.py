@@ -15,6 +15,9 @@ Map (one actor on the on-demand node; two tasks it owns, cancelled in ``on_stop`
     spot node ──node_left(id, PreemptionReport | None)──► status "left"; preemption tally
     runtime.peer_events() ── peer_lost(address) ──► _peer_task: node at that address
                                                       "gone" (silent loss, counted)
+    spot node ──register_node(id, …, incarnation) after it was found gone, same process
+                   (same incarnation token) ──► revived: the silent loss is taken back
+                   and counted in ``rejoined``; billing resumes as if never interrupted
     any change ──► _planner_task: planner.unregister_explorer(id, explorer) for each node
                    that stopped exploring (notice, left, gone), then
                    planner.set_spot_gpus(alive spot GPUs) (latest value only)
@@ -38,6 +41,11 @@ Accounting rules:
 * A *silent* loss is a peer loss (or bye) of a node that never said ``node_left``; if it had
   said ``node_notice`` first it is also counted in ``notice_unclean``. Work lost is unknown
   to the coordinator (the scheduler's lease expiry resumes it from the last commit).
+* A silent loss is taken back when the *same process* registers again (the node passes an
+  ``incarnation`` token drawn once per process): a stalled node or a few seconds of network
+  trouble is no preemption. It counts in ``rejoined``, and the node is billed throughout (it
+  was running all along). A restarted process under the same id and address has a new
+  token: a new incarnation, the loss stands.
 
 Shutdown: ``on_stop`` cancels the tasks, closes the publishers.
 """
@@ -94,6 +102,8 @@ class NodeStats:
     cost_usd: float
     address: str | None
     """Runtime address of the node (how a peer loss is tied to it)."""
+    rejoins: int = 0
+    """Times this node was found gone and then registered again from the same process."""
 
 
 @register_wire_type(name="spotlight.CoordinatorStats")
@@ -108,6 +118,8 @@ class CoordinatorStats:
     """Nodes lost without ``node_left`` (kill -9, crash, network)."""
     notice_unclean: int
     """Of the silent losses, those that had announced a notice first."""
+    rejoined: int = 0
+    """Peer losses taken back: the same node process registered again (not preemptions)."""
     late_exits: int
     """Notice exits whose report finished after the deadline."""
     voluntary_leaves: int
@@ -133,6 +145,11 @@ class _Node:
     notice_at: float | None = None
     forgotten: bool = False
     """The planner was told to drop this node's explorer (sent once per registration)."""
+    incarnation: str | None = None
+    """Token the node's process drew at start (None: a caller that sends none)."""
+    lost_silently: bool = False
+    """"gone" by a peer loss (not by a new incarnation): a rejoin may take it back."""
+    rejoins: int = 0
 
     def gpu_seconds(self, now: float) -> float:
         end = self.ended_at if self.ended_at is not None else now
@@ -144,6 +161,7 @@ class _Tally:
     notice: int = 0
     silent: int = 0
     notice_unclean: int = 0
+    rejoined: int = 0
     late: int = 0
     voluntary: int = 0
     steps_lost: int = 0
@@ -238,11 +256,15 @@ class Coordinator(Actor):
         gpus: int,
         explorer: ActorRef | None = None,
         address: str | None = None,
+        incarnation: str | None = None,
     ) -> dict[str, Any]:
         """A node joins (or tells us its explorer, a second call with the same id).
 
         ``address``: the node's runtime address when it has no explorer yet (how its loss
-        is noticed); the explorer's address otherwise.
+        is noticed); the explorer's address otherwise. ``incarnation``: a token the node's
+        process drew once at start; with it a node found gone that registers again from the
+        same process is revived (see "Accounting rules"), and a restarted process under an
+        old id and address is told apart from the one before.
 
         Returns what the node needs to work: ``scheduler``, ``planner``, ``monitor``
         (refs or None), ``model`` (the trainer's ``DiTConfig`` as a dict, or a config name;
@@ -256,20 +278,32 @@ class Coordinator(Actor):
             raise ValueError(f"node kind {kind!r} is not one of {NODE_CLASSES}")
         if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
             raise ValueError(f"gpus must be an int >= 0, got {gpus!r}")
+        if incarnation is not None and (not isinstance(incarnation, str) or not incarnation):
+            raise ValueError(f"incarnation must be a non-empty string, got {incarnation!r}")
         if explorer is not None:
             address = explorer.address
         now = self._clock()
         node = self._nodes.get(node_id)
+        if (
+            node is not None
+            and node.lost_silently
+            and incarnation is not None
+            and node.incarnation == incarnation
+            and node.kind == kind
+        ):
+            self._revive(node)
         same = (
             node is not None
             and node.status in ("alive", "notice")
             and node.kind == kind
             and (node.address is None or address is None or node.address == address)
+            and (node.incarnation is None or incarnation is None or node.incarnation == incarnation)
         )
         if node is not None and same:
             if explorer is not None:
                 node.explorer = explorer
             node.address = node.address or address
+            node.incarnation = node.incarnation or incarnation
             node.gpus = gpus
         else:
             if node is not None:  # a new incarnation under an old id: bill the old one
@@ -285,6 +319,7 @@ class Coordinator(Actor):
                 joined_at=now,
                 explorer=explorer,
                 address=address,
+                incarnation=incarnation,
             )
             self._nodes[node_id] = node
             log.info("node %s joined (%s, %d GPUs)", node_id, kind, gpus)
@@ -390,6 +425,7 @@ class Coordinator(Actor):
                 gpu_hours=hours,
                 cost_usd=hours * self.prices.per_gpu_hour(node.kind),
                 address=node.address,
+                rejoins=node.rejoins,
             )
         t = self._tally
         return CoordinatorStats(
@@ -399,6 +435,7 @@ class Coordinator(Actor):
             preemptions_notice=t.notice,
             preemptions_silent=t.silent,
             notice_unclean=t.notice_unclean,
+            rejoined=t.rejoined,
             late_exits=t.late,
             voluntary_leaves=t.voluntary,
             work_lost_steps=t.steps_lost,
@@ -414,6 +451,7 @@ class Coordinator(Actor):
                 continue
             had_notice = node.status == "notice"
             node.status = "gone"
+            node.lost_silently = True
             node.ended_at = self._clock()
             self._tally.silent += 1
             self._tally.notice_unclean += had_notice
@@ -434,6 +472,23 @@ class Coordinator(Actor):
         return lost
 
     # ------------------------------------------------------------------ internals
+
+    def _revive(self, node: _Node) -> None:
+        """Take back the silent loss of ``node``: its process registered again."""
+        had_notice = node.notice_at is not None
+        node.status = "notice" if had_notice else "alive"
+        node.ended_at = None
+        node.lost_silently = False
+        node.rejoins += 1
+        self._tally.silent -= 1
+        self._tally.notice_unclean -= had_notice
+        self._tally.rejoined += 1
+        self._publish_event(node.node_id, kind="rejoined", lead_s=None, steps_lost=None)
+        log.warning(
+            "node %s rejoined from the same process: its loss was a stall or a network "
+            "hiccup, not a preemption",
+            node.node_id,
+        )
 
     def _known(self, node_id: str) -> _Node:
         node = self._nodes.get(node_id)
@@ -541,6 +596,7 @@ class Coordinator(Actor):
             **stats.cost.to_dict(),
             preemptions_notice=stats.preemptions_notice,
             preemptions_silent=stats.preemptions_silent,
+            rejoined=stats.rejoined,
             work_lost_steps=stats.work_lost_steps,
             alive_spot_gpus=stats.alive_spot_gpus,
         )

@@ -354,13 +354,18 @@ def _preemptions(state: MonitorState, max_rows: int) -> RenderableType:
         return sec
     lost = 0
     silent = 0
+    rejoined = 0  # a node found gone came back from the same process: a loss taken back
     for e in events:
         steps = _get(e["fields"], "steps_lost", "drain.abandoned_steps")
         lost += steps if isinstance(steps, int) else 0
-        silent += _get(e["fields"], "kind") == "silent"
+        kind = _get(e["fields"], "kind")
+        silent += kind == "silent"
+        rejoined += kind == "rejoined"
     kept = "" if len(events) == total else f" (last {len(events)})"
+    back = f", {rejoined} rejoined" if rejoined else ""
     sec.add_row(
-        f"{total}{kept}: {len(events) - silent} with notice, {silent} silent; steps lost {lost}"
+        f"{total}{kept}: {len(events) - silent - rejoined} with notice, {silent} silent{back}; "
+        f"steps lost {lost}"
     )
     for e in events[-max_rows:][::-1]:
         f = e["fields"]
@@ -370,7 +375,11 @@ def _preemptions(state: MonitorState, max_rows: int) -> RenderableType:
                 f"{_age(state.time - e['time'])} ago  {f.get('node', f.get('worker_id', e['source']))}"
                 f"  {f.get('kind', 'notice')}"
                 + (f" {lead:.0f}s" if isinstance(lead, int | float) else "")
-                + f", lost {_num(_get(f, 'steps_lost', 'drain.abandoned_steps'))} steps",
+                + (
+                    ""
+                    if f.get("kind") == "rejoined"
+                    else f", lost {_num(_get(f, 'steps_lost', 'drain.abandoned_steps'))} steps"
+                ),
                 style="dim",
             )
         )

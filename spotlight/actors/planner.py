@@ -194,13 +194,20 @@ class BatchPlan:
                 taken.add(s)
                 return s
 
-    def next_round(self, gpu_seconds: float) -> list[tuple[str, int]]:
+    def next_round(self, gpu_seconds: float, *, probe: bool = False) -> list[tuple[str, int]]:
         """(prompt, seed) pairs to explore now, costing at most ``gpu_seconds`` (and never
-        more than the batch's remaining budget)."""
+        more than the batch's remaining budget).
+
+        ``probe``: the cost per seed is still the configured guess, never measured; a first
+        round the guess makes unaffordable explores one seed anyway. Without it a guess
+        above the real cost starves exploration for good (no seed is ever explored, so the
+        cost is never measured), e.g. short iterations of a small model."""
         if self.closed:
             return []
         spend = min(gpu_seconds, self.remaining_gpu_s())
         affordable = int(spend // self.seconds_per_seed)
+        if affordable <= 0 and probe and self.rounds == 0:
+            affordable = 1
         if affordable <= 0:
             return []
         if self.rounds == 0 and self.config.initial_seeds > 0:
@@ -331,6 +338,8 @@ class PlannerActor(Actor):
         self._seed = seed
         self._iteration_s: list[float] = []
         self._sps = self.config.bandit.seconds_per_seed
+        self._sps_measured = False
+        """False until an explorer reported a seed's cost (``_sps`` is the configured guess)."""
         self._plans: dict[str, BatchPlan] = {}
         self._started: dict[str, float] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -463,6 +472,13 @@ class PlannerActor(Actor):
                 log.warning("planner got a non-explore result %r; dropped", result)
                 continue
             self._n["results"] += 1
+            if not result.skipped and result.seconds > 0:  # a late seed's cost is still news
+                if self._sps_measured:
+                    a = self.config.cost_ema
+                    self._sps = (1 - a) * self._sps + a * result.seconds
+                else:  # the configured guess may be off by 100x: replace it, do not blend
+                    self._sps = result.seconds
+                    self._sps_measured = True
             batch_id = group.group_id.split("/")[1]
             plan = self._plans.get(batch_id)
             if plan is None or plan.closed:
@@ -470,9 +486,6 @@ class PlannerActor(Actor):
                 continue
             if result.skipped:
                 self._n["skipped"] += 1
-            elif result.seconds > 0:
-                a = self.config.cost_ema
-                self._sps = (1 - a) * self._sps + a * result.seconds
             plan.observe(result)
             if not plan.in_flight:
                 self._wake[batch_id].set()
@@ -548,7 +561,7 @@ class PlannerActor(Actor):
             share = plan.remaining_gpu_s() * self.config.round_fraction
             if plan.rounds == 0:
                 share = plan.remaining_gpu_s()  # round 0 is capped by initial_seeds
-            pairs = plan.next_round(max(share, self._sps))
+            pairs = plan.next_round(max(share, self._sps), probe=not self._sps_measured)
             if not pairs:
                 return
             self._n["rounds"] += 1

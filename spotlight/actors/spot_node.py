@@ -50,6 +50,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,11 @@ from spotlight.runtime import Actor, ActorRef, Runtime, RuntimeConfig, endpoint
 from spotlight.runtime.errors import SpotlightError
 from spotlight.runtime.notice import SignalNotice
 from spotlight.runtime.runtime import PeerEvents
+
+INCARNATION = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+"""Drawn once per process and sent with every ``register_node``: when the coordinator found
+this node gone (its own stall, a network hiccup) and we register again, it can tell the same
+process coming back (no preemption) from a restart under the same id and address."""
 
 __all__ = ["TOKEN_ENV", "NodeAgent", "build_parser", "main"]
 
@@ -128,6 +134,7 @@ async def _register(
                 args.gpus,
                 explorer,
                 address,
+                incarnation=INCARNATION,
                 timeout=max(0.1, min(left, 5.0)),
             )
             return answer

@@ -525,6 +525,11 @@ async def _main(
                 reward_stats = await asyncio.shield(rewards.stop(metrics))
         stats = await _gather_stats(scheduler, planner, coordinator, publisher)
         stats["rewards"] = reward_stats
+        # How long this process's event loop could not run (the heartbeat's own lag): a
+        # stall here is why nodes re-join; see Transport._credit_own_stall.
+        stats["event_loop"] = {
+            k: rt.transport.stats[k] for k in ("loop_stalls", "loop_lag_max_ms", "peers_lost")
+        }
         with contextlib.suppress(Exception):
             await asyncio.wait_for(publisher.flush(FLUSH_TIMEOUT_S), FLUSH_TIMEOUT_S + 1)
         await publisher.close()

@@ -24,9 +24,10 @@ Readers and loops, and what they wait on:
   pongs, and resolves ``pending`` futures/queues.
 * ``_heartbeat_loop`` (one task) wakes every ``heartbeat_s``: pings each DEALER's peer and
   declares lost any peer (outgoing or incoming) silent for
-  ``heartbeat_s * missed_heartbeats``. A lost peer fails its pending calls with
-  ``PeerLost``, fails credit waiters, cancels the calls it made to us, and emits a
-  ``peer_lost`` event.
+  ``heartbeat_s * missed_heartbeats``, not counting the time this loop itself was stalled
+  (``loop_stalls``, ``loop_lag_max_ms`` in the statistics). A lost peer fails its pending
+  calls with ``PeerLost``, fails credit waiters, cancels the calls it made to us, and emits
+  a ``peer_lost`` event.
 
 Back-pressure: a sender holds one credit per message per (peer, actor)
 (``RuntimeConfig.credit_window``), whatever the endpoint: an actor flooded with tells
@@ -165,6 +166,8 @@ class Transport(ServingSide):
             "stale_tells_dropped": 0,
             "replies_undeliverable": 0,
             "peers_lost": 0,
+            "loop_stalls": 0,
+            "loop_lag_max_ms": 0,
         }
 
     def _configure(self, sock: zmq.Socket[Any]) -> None:
@@ -520,9 +523,12 @@ class Transport(ServingSide):
         loop = asyncio.get_running_loop()
         cfg = self.config
         ping = encode({"k": "ping"})
+        last_tick = loop.time()
         while True:
             await asyncio.sleep(cfg.heartbeat_s)
             now = loop.time()
+            self._credit_own_stall(now - last_tick - cfg.heartbeat_s, now)
+            last_tick = now
             for conn in list(self.conns.values()):
                 silent = now - conn.last_recv
                 if silent > cfg.liveness_s:
@@ -539,6 +545,32 @@ class Transport(ServingSide):
                         i.address == inbound.address for i in self.inbound.values()
                     ):
                         self.peer_lost(inbound.address, f"caller silent for {silent:.2f}s")
+
+    def _credit_own_stall(self, lag: float, now: float) -> None:
+        """Do not count the time this event loop could not run as our peers' silence.
+
+        While the loop is stalled (a long call holding the GIL, the process descheduled, a
+        swap storm) nothing is read from the sockets, though the peers' messages may sit in
+        ZeroMQ's buffers by now; judged on ``last_recv`` alone, every peer would be declared
+        lost on the first tick after the stall, and each of them, dropped, registers again:
+        phantom preemptions. So the time this heartbeat overslept is credited to every peer.
+        Liveness then counts heartbeat *ticks* of silence rather than wall seconds: a dead
+        peer is still found after ``missed_heartbeats`` ticks, ``lag`` seconds later.
+        """
+        if lag <= 0.0:
+            return
+        for conn in self.conns.values():  # never beyond now: a peer heard since is current
+            conn.last_recv = min(now, conn.last_recv + lag)
+        for inbound in self.inbound.values():
+            inbound.last_seen = min(now, inbound.last_seen + lag)
+        stats = self.stats
+        stats["loop_lag_max_ms"] = max(stats["loop_lag_max_ms"], round(lag * 1000))
+        if lag >= self.config.heartbeat_s:
+            stats["loop_stalls"] += 1
+            log.warning(
+                "event loop stalled %.2f s (heartbeat overslept); peers are not blamed for it",
+                lag,
+            )
 
     # -- shutdown -------------------------------------------------------------------------
 

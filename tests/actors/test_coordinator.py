@@ -16,7 +16,7 @@ from spotlight.actors.prices import Prices
 from spotlight.actors.rollout import DrainReport
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
-from spotlight.runtime.errors import RemoteError
+from spotlight.runtime.errors import PeerLost, RemoteError
 from tests.runtime.helpers import FAST, arun
 
 pytestmark = pytest.mark.timeout(60)
@@ -338,3 +338,74 @@ def test_nodes_get_the_trainers_model_config_and_a_rejoined_node_is_registered_a
 def test_constructor_rejects_a_model_that_is_not_a_config() -> None:
     with pytest.raises(ValueError, match="model"):
         Coordinator(prices=PRICES, run_id="r", model=3)  # type: ignore[arg-type]
+
+
+def test_a_node_found_gone_that_registers_again_from_the_same_process_is_no_preemption() -> None:
+    """The coordinator's runtime declares a live node lost (its liveness verdict after a stall);
+    the node, still the same process, registers again with its incarnation token: the silent
+    loss is taken back (``rejoined``), it is billed as if never gone, the planner has it again.
+    A restarted process (new token) under the same id and address stays a new incarnation."""
+    clock = FakeClock()
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt, Runtime(FAST) as node_rt:
+            planner = await rt.spawn(FakePlanner, name="planner")
+            local = await rt.spawn(
+                Coordinator,
+                name="coordinator",
+                prices=PRICES,
+                run_id="r5",
+                planner=planner,
+                clock=clock,
+            )
+            coord = node_rt.ref(rt.address, "coordinator")  # as the node sees it
+            explorer = await node_rt.spawn(Dummy, name="explorer")
+
+            async def rejoin(token: str) -> None:
+                """As spot_node does: the first call may learn the coordinator dropped us."""
+                try:
+                    await coord.register_node.ask("s1", "spot", 1, explorer, incarnation=token)
+                except PeerLost:
+                    await coord.register_node.ask("s1", "spot", 1, explorer, incarnation=token)
+
+            await coord.register_node.ask("s1", "spot", 1, explorer, incarnation="pid-1")
+            assert await planner.wait_explorers.ask(["s1"], timeout=10.0) == []
+            clock.t += 1800.0
+            rt.transport.peer_lost(node_rt.address, "no heartbeat for 4.00s")  # a false verdict
+            st = await local.statistics.ask()
+            for _ in range(200):
+                if st.nodes["s1"].status == "gone":
+                    break
+                await asyncio.sleep(0.05)  # the peer event reaches the coordinator's task
+                st = await local.statistics.ask()
+            assert (st.nodes["s1"].status, st.preemptions_silent, st.rejoined) == ("gone", 1, 0)
+            assert await planner.wait_explorers.ask([], timeout=10.0) == ["s1"]
+
+            clock.t += 1800.0
+            await rejoin("pid-1")
+            st = await local.statistics.ask()
+            node = st.nodes["s1"]
+            assert (node.status, node.ended_at, node.rejoins) == ("alive", None, 1)
+            assert (st.preemptions_silent, st.notice_unclean, st.rejoined) == (0, 0, 1)
+            assert node.gpu_hours == pytest.approx(1.0)  # billed through the false loss
+            assert await planner.wait_explorers.ask(["s1"], timeout=10.0) == ["s1"]
+
+            # A restarted process: a new token, so a new incarnation and the loss stands.
+            rt.transport.peer_lost(node_rt.address, "no heartbeat for 4.00s")
+            for _ in range(200):
+                st = await local.statistics.ask()
+                if st.nodes["s1"].status == "gone":
+                    break
+                await asyncio.sleep(0.05)
+            await rejoin("pid-2")
+            st = await local.statistics.ask()
+            assert (st.nodes["s1"].status, st.nodes["s1"].rejoins, st.nodes["s1"].gpu_hours) == (
+                "alive",
+                0,
+                0.0,
+            )
+            assert (st.preemptions_silent, st.rejoined) == (1, 1)
+            with pytest.raises(RemoteError, match="incarnation"):
+                await coord.register_node.ask("s2", "spot", 1, explorer, incarnation="")
+
+    arun(body())

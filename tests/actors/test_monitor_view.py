@@ -138,3 +138,19 @@ def test_rewards_section_appears_once_reward_actors_report() -> None:
     assert "images 570 remote, 6 in process  retries 1" in text
     lines = text.rstrip("\n").splitlines()
     assert len(lines) <= 30 and max(len(line) for line in lines) <= 100, "\n".join(lines)
+
+
+def test_a_rejoined_node_is_neither_a_notice_nor_a_silent_preemption() -> None:
+    store = MonitorStore(MonitorConfig(), clock=lambda: NOW)
+    recs = [
+        MetricRecord(time=NOW - 9, source="s1", topic="preemption",
+                     fields={"node": "s1", "kind": "silent", "steps_lost": None}),
+        MetricRecord(time=NOW - 8, source="s1", topic="preemption",
+                     fields={"node": "s1", "kind": "rejoined", "steps_lost": None}),
+        MetricRecord(time=NOW - 5, source="s2", topic="preemption",
+                     fields={"node": "s2", "kind": "notice", "lead_s": 30, "steps_lost": 4}),
+    ]  # fmt: skip
+    store.apply(recs, publisher="coordinator", dropped=0)
+    text = to_text(store.snapshot(run_dir="runs/r"), width=140)
+    assert "3: 1 with notice, 1 silent, 1 rejoined; steps lost 4" in text
+    assert "s1  rejoined" in text and "rejoined, lost" not in text  # it lost nothing

@@ -294,3 +294,47 @@ def test_unregistered_explorers_are_forgotten_and_a_round_in_flight_survives() -
             assert stats.explorers == [] and stats.batches_answered == 2
 
     arun(body())
+
+
+def test_an_unaffordable_first_round_probes_one_seed_only_while_the_cost_is_a_guess() -> None:
+    plan = _plan(["a", "b"], gpu_s=0.5)  # 1 s per seed (the guess): not one seed affordable
+    assert plan.next_round(0.5) == []
+    probe = plan.next_round(0.5, probe=True)
+    assert len(probe) == 1 and plan.rounds == 1
+    assert plan.next_round(0.5, probe=True) == []  # one probe per batch, round 0 only
+
+
+def test_a_configured_cost_far_above_the_real_one_does_not_starve_exploration() -> None:
+    """Short iterations (budget ~0.1 GPU-s a batch) and a guessed 1 s per seed: before the
+    probe, no round could ever be afforded and the cost was never measured. The first batch
+    probes one seed; its measured cost (0.01 s, taken even when the result is late) replaces
+    the guess, and the next batch's first round is a full one."""
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            config = PlannerConfig(
+                bandit=BanditConfig(group_size=4, mc_draws=32, seconds_per_seed=1.0),
+                default_iteration_s=0.5,
+            )
+            planner = await rt.spawn(PlannerActor, name="planner", scheduler=sched, config=config)
+            rewards = {"a": 0.5, "b": 0.5}
+            await rt.spawn(SyntheticExplorer, name="syn", scheduler=sched, rewards=rewards)
+            await planner.set_spot_gpus.ask(1)
+            assert await planner.plan.ask("b1", list(rewards), time.time()) < 1.0
+            deadline = time.monotonic() + 20
+            while (await planner.statistics.ask()).results < 1:
+                assert time.monotonic() < deadline, "the probe seed was never explored"
+                await asyncio.sleep(0.02)  # polling the planner's own counter
+            stats = await planner.statistics.ask()
+            assert stats.requests_submitted == 1
+            assert stats.seconds_per_seed == pytest.approx(0.01)
+            await seeds_for_iteration(planner, "b1", list(rewards), 4)
+            await planner.plan.ask("b2", list(rewards), time.time())
+            while (await planner.statistics.ask()).rounds < 2:
+                assert time.monotonic() < deadline, "no round for the second batch"
+                await asyncio.sleep(0.02)
+            # b2's round 0: initial_seeds (2) for each prompt, at the measured cost
+            assert (await planner.statistics.ask()).requests_submitted == 1 + 2 * len(rewards)
+
+    arun(body())

@@ -200,3 +200,27 @@ def test_ask_to_an_address_nobody_answers_fails_with_peer_lost() -> None:
             return time.monotonic() - t0
 
     assert arun(main()) < FAST.liveness_s + FAST.heartbeat_s + 2.0
+
+
+def test_a_stall_of_our_own_loop_is_not_blamed_on_the_peers() -> None:
+    """A loop stalled for 3x the liveness window (both runtimes share it here, so nothing is
+    read or answered meanwhile) must not declare the peer lost: the heartbeat credits the
+    time it overslept (``loop_stalls``) and the connection is used again as before. Without
+    the credit the first tick after the stall finds the peer silent and drops it."""
+
+    async def main() -> None:
+        import time
+
+        async with Runtime(FAST) as rt, Runtime(FAST) as peer_rt:
+            await peer_rt.spawn(Adder, name="adder")
+            adder = rt.ref(peer_rt.address, "adder")
+            assert await adder.add.ask(1) == 1
+            time.sleep(FAST.liveness_s * 3)  # noqa: ASYNC251 - the stall under test
+            await asyncio.sleep(FAST.heartbeat_s * 3)  # heartbeat ticks after the stall
+            assert await adder.add.ask(2) == 2  # same connection, the peer was never lost
+            stats = rt.transport.stats
+            assert stats["peers_lost"] == 0 and peer_rt.transport.stats["peers_lost"] == 0
+            assert stats["loop_stalls"] >= 1
+            assert stats["loop_lag_max_ms"] >= FAST.liveness_s * 2 * 1000
+
+    arun(main())
