@@ -227,9 +227,14 @@ def dp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"ranks": ranks, "reference": reference, "peer_lost": (float(lost_s), lost)}
 
 
-def _stats_close(a: IterationStats, b: IterationStats) -> None:
-    assert a.reward.mean == pytest.approx(b.reward.mean, abs=1e-7)
-    assert a.reward.std == pytest.approx(b.reward.std, abs=1e-7)
+def _stats_close(a: IterationStats, b: IterationStats, iteration: int) -> None:
+    # The first iteration's rollouts are bit-identical, so are its rewards. Later rollouts
+    # come from parameters that agree to ~1e-7 (module doc), and the reward's shape
+    # descriptors pass that on: a 2-rank NFT run's second-iteration mean differed by 1.6e-7
+    # on one VM (every run there).
+    tol = 1e-7 if iteration == 0 else 1e-5
+    assert a.reward.mean == pytest.approx(b.reward.mean, abs=tol)
+    assert a.reward.std == pytest.approx(b.reward.std, abs=tol)
     assert a.reward.zero_std_group_frac == b.reward.zero_std_group_frac
     for name in a.loss.__dataclass_fields__:
         x, y = getattr(a.loss, name), getattr(b.loss, name)
@@ -252,8 +257,8 @@ def test_two_rank_update_equals_one_rank(dp_results: dict[str, Any], case: str) 
             diff = float((state[name] - want).abs().max()) if want.numel() else 0.0
             worst = max(worst, diff)
             assert diff <= ATOL, f"{case} {name}: max |diff| {diff:.2e}"
-        for got, want in zip(res[case]["stats"], ref["stats"], strict=True):
-            _stats_close(got, want)
+        for i, (got, want) in enumerate(zip(res[case]["stats"], ref["stats"], strict=True)):
+            _stats_close(got, want, i)
     print(f"{case}: max |param diff| vs 1 rank = {worst:.2e}")
     # The update actually moved the weights (a no-op would also "match").
     start = build_policy("tiny", seed=POLICY_SEED).state_dict()
