@@ -47,6 +47,7 @@ random seeds when a prompt has fewer than G explored, and says so (``fallback_se
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -171,6 +172,19 @@ class ExplorationBandit:
     @property
     def prompts(self) -> list[str]:
         return list(self._rewards)
+
+    def snapshot(self) -> ExplorationBandit:
+        """An independent copy (rewards and random stream) to allocate from on another
+        thread while this one keeps observing results on the event loop."""
+        twin = ExplorationBandit.__new__(ExplorationBandit)
+        twin.config = self.config
+        twin._rewards = {p: dict(r) for p, r in self._rewards.items()}
+        twin._rng = copy.deepcopy(self._rng)
+        return twin
+
+    def adopt_rng(self, twin: ExplorationBandit) -> None:
+        """Continue the random stream where ``twin`` (a :meth:`snapshot`) left it."""
+        self._rng = twin._rng
 
     def observe(self, prompt: str, seed: int, reward: float) -> None:
         """Record an explored seed's reward (a repeat of the same seed overwrites)."""

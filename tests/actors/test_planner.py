@@ -338,3 +338,48 @@ def test_a_configured_cost_far_above_the_real_one_does_not_starve_exploration() 
             assert (await planner.statistics.ask()).requests_submitted == 1 + 2 * len(rewards)
 
     arun(body())
+
+
+def test_off_loop_rounds_allocate_in_a_thread_and_match_the_loop_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bandit's allocation (the costly part of a round) runs in a worker thread on a
+    snapshot, and gives the same seeds as the synchronous round on the same state, round
+    after round (the snapshot's random stream is adopted)."""
+    import threading
+
+    from spotlight.actors.bandit import ExplorationBandit
+
+    threads: list[threading.Thread] = []
+    allocate = ExplorationBandit.allocate_seeds
+
+    def recording(self: ExplorationBandit, affordable: int) -> dict[str, int]:
+        threads.append(threading.current_thread())
+        return allocate(self, affordable)
+
+    def rounds(plan: BatchPlan, off_loop: bool) -> list[list[tuple[str, int]]]:
+        out = []
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            pairs = asyncio.run(plan.next_round_off_loop(4.0)) if off_loop else plan.next_round(4.0)
+            for prompt, seed in pairs:
+                plan.observe(_result(prompt, seed, float(rng.random())))
+            out.append(pairs)
+        return out
+
+    synchronous = rounds(_plan(["a", "b", "c"], gpu_s=100.0), off_loop=False)
+    monkeypatch.setattr(ExplorationBandit, "allocate_seeds", recording)
+    main = threading.current_thread()
+    off_loop = rounds(_plan(["a", "b", "c"], gpu_s=100.0), off_loop=True)
+    assert off_loop == synchronous and all(len(r) > 0 for r in off_loop)
+    assert len(threads) == 3 and all(t is not main for t in threads)  # rounds 1-3 (0: fixed)
+
+
+def test_a_snapshot_is_independent_of_later_observations() -> None:
+    from spotlight.actors.bandit import ExplorationBandit
+
+    bandit = ExplorationBandit(["a"], BanditConfig(group_size=2))
+    bandit.observe("a", 1, 0.5)
+    twin = bandit.snapshot()
+    bandit.observe("a", 2, 0.9)
+    assert dict(twin.explored("a")) == {1: 0.5} and dict(bandit.explored("a")) == {1: 0.5, 2: 0.9}
