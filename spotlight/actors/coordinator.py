@@ -147,8 +147,6 @@ class _Node:
     """The planner was told to drop this node's explorer (sent once per registration)."""
     incarnation: str | None = None
     """Token the node's process drew at start (None: a caller that sends none)."""
-    lost_silently: bool = False
-    """"gone" by a peer loss (not by a new incarnation): a rejoin may take it back."""
     rejoins: int = 0
 
     def gpu_seconds(self, now: float) -> float:
@@ -286,7 +284,7 @@ class Coordinator(Actor):
         node = self._nodes.get(node_id)
         if (
             node is not None
-            and node.lost_silently
+            and node.status == "gone"  # by a peer loss: a replaced record leaves the registry
             and incarnation is not None
             and node.incarnation == incarnation
             and node.kind == kind
@@ -451,7 +449,6 @@ class Coordinator(Actor):
                 continue
             had_notice = node.status == "notice"
             node.status = "gone"
-            node.lost_silently = True
             node.ended_at = self._clock()
             self._tally.silent += 1
             self._tally.notice_unclean += had_notice
@@ -478,7 +475,6 @@ class Coordinator(Actor):
         had_notice = node.notice_at is not None
         node.status = "notice" if had_notice else "alive"
         node.ended_at = None
-        node.lost_silently = False
         node.rejoins += 1
         self._tally.silent -= 1
         self._tally.notice_unclean -= had_notice

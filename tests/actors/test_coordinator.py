@@ -124,6 +124,17 @@ def _report(worker: str, *, abandoned: int, deadline: float, finished: float) ->
     )
 
 
+async def _until_gone(coord: ActorRef, node_id: str) -> CoordinatorStats:
+    """The coordinator's statistics once ``node_id`` is "gone" (a peer loss reaches its
+    task asynchronously), or the last ones after ~10 s of polling its own record."""
+    for _ in range(200):
+        st: CoordinatorStats = await coord.statistics.ask()
+        if st.nodes[node_id].status == "gone":
+            break
+        await asyncio.sleep(0.05)
+    return st
+
+
 def test_registry_costs_and_notice_accounting_on_a_fake_clock() -> None:
     clock = FakeClock()
 
@@ -229,11 +240,7 @@ def test_planner_and_publisher_follow_membership_and_silent_loss_is_counted() ->
             assert await planner.wait_explorers.ask(["b"], timeout=10.0) == ["a"]
 
             await node_rt.shutdown("test: the node vanishes")  # no node_left: silent loss
-            for _ in range(200):
-                st = await coord.statistics.ask()
-                if st.nodes["b"].status == "gone":
-                    break
-                await asyncio.sleep(0.05)  # polling the coordinator's own record
+            st = await _until_gone(coord, "b")
             assert st.nodes["b"].status == "gone" and st.nodes["b"].ended_at is not None
             assert (st.preemptions_silent, st.notice_unclean, st.preemptions_notice) == (1, 0, 0)
             assert await planner.wait_gpus.ask(0, timeout=10.0)
@@ -372,12 +379,7 @@ def test_a_node_found_gone_that_registers_again_from_the_same_process_is_no_pree
             assert await planner.wait_explorers.ask(["s1"], timeout=10.0) == []
             clock.t += 1800.0
             rt.transport.peer_lost(node_rt.address, "no heartbeat for 4.00s")  # a false verdict
-            st = await local.statistics.ask()
-            for _ in range(200):
-                if st.nodes["s1"].status == "gone":
-                    break
-                await asyncio.sleep(0.05)  # the peer event reaches the coordinator's task
-                st = await local.statistics.ask()
+            st = await _until_gone(local, "s1")
             assert (st.nodes["s1"].status, st.preemptions_silent, st.rejoined) == ("gone", 1, 0)
             assert await planner.wait_explorers.ask([], timeout=10.0) == ["s1"]
 
@@ -392,11 +394,7 @@ def test_a_node_found_gone_that_registers_again_from_the_same_process_is_no_pree
 
             # A restarted process: a new token, so a new incarnation and the loss stands.
             rt.transport.peer_lost(node_rt.address, "no heartbeat for 4.00s")
-            for _ in range(200):
-                st = await local.statistics.ask()
-                if st.nodes["s1"].status == "gone":
-                    break
-                await asyncio.sleep(0.05)
+            await _until_gone(local, "s1")
             await rejoin("pid-2")
             st = await local.statistics.ask()
             assert (st.nodes["s1"].status, st.nodes["s1"].rejoins, st.nodes["s1"].gpu_hours) == (
