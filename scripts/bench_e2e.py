@@ -67,6 +67,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ QUICK = FULL | {
 }
 CHILD_TIMEOUT_MARGIN_S = 120.0
 SENSITIVITY_FRACTIONS = (0.5, 0.75, 0.9, 1.0)
+PROJECTION_COMPUTE_SCALES = (1.0, 3.0, 10.0)
 QUICK_TRACE_FILE = "quick_trace.csv"
 QUICK_TRACE = (
     "# bench_e2e --quick: two spot nodes; one is noticed at 4 s and gone at 6 s\n"
@@ -396,11 +398,53 @@ def measured_step_costs(run: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def liveness_s() -> float:
+    """Seconds of silence after which the runtime declares a peer lost (its defaults)."""
+    from spotlight.runtime.config import RuntimeConfig
+
+    return RuntimeConfig().liveness_s
+
+
+def projection_config(
+    costs: dict[str, float],
+    *,
+    ondemand_gpus: int,
+    gpus_per_node: int,
+    weight_load_s: float,
+    reform_s: float,
+    time_scale: float,
+) -> Any:
+    """The simulator's inputs on the runs' clock: every measured wall duration x ``time_scale``.
+
+    The runs replay the trace ``time_scale`` times faster than real time, so a run's
+    iterations meet the trace's preemptions at that ratio. Simulating the trace in its own
+    seconds with unscaled tiny-model costs instead squeezes the whole run into its first
+    minute, before any spot node has loaded weights: every spot strategy then looks the same.
+    """
+    from spotlight.actors.projection import ProjectionConfig
+
+    if not (math.isfinite(time_scale) and time_scale > 0):
+        raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
+    return ProjectionConfig(
+        ondemand_gpus=ondemand_gpus,
+        gpus_per_node=gpus_per_node,
+        sp_degree=gpus_per_node,
+        step_gpu_s=costs["step_gpu_s"] * time_scale,
+        denoise_steps=int(costs["denoise_steps"]),
+        rollout_samples=int(costs["rollout_samples"]),
+        train_step_s=costs["train_step_s"] * time_scale,
+        weight_load_s=weight_load_s * time_scale,
+        sp_reform_s=reform_s * time_scale,
+        loss_detect_s=liveness_s() * time_scale,
+        restart_scope="pool",
+    )
+
+
 def projection(
     runs: dict[str, dict[str, Any]], per_mode: dict[str, dict[str, Any]], settings: dict[str, Any]
 ) -> dict[str, Any]:
     """The discrete-event projection from measured per-step costs (labelled as such)."""
-    from spotlight.actors.projection import IterationsNeeded, ProjectionConfig, project
+    from spotlight.actors.projection import IterationsNeeded, project
     from spotlight.actors.spot_trace import load_trace, synthesize_notices
     from spotlight.system_config import SystemConfig
 
@@ -421,48 +465,81 @@ def projection(
         weight_load_s = float(data.get("restart_baseline_p50_s", weight_load_s))
         reform_s = float(data.get("reform_p50_s", reform_s))
         source = "benchmarks/results/elastic_sp.json (restart_baseline_p50_s, reform_p50_s)"
-    pc = ProjectionConfig(
+    scale = float(settings["time_scale"])
+    pc = projection_config(
+        costs,
         ondemand_gpus=cfg.spot.ondemand_gpu_count(1),
         gpus_per_node=cfg.spot.gpus_per_node,
-        sp_degree=cfg.spot.gpus_per_node,
-        step_gpu_s=costs["step_gpu_s"],
-        denoise_steps=int(costs["denoise_steps"]),
-        rollout_samples=int(costs["rollout_samples"]),
-        train_step_s=costs["train_step_s"],
         weight_load_s=weight_load_s,
-        sp_reform_s=reform_s,
+        reform_s=reform_s,
+        time_scale=scale,
     )
     trace = load_trace(cfg.spot.trace_path())
     if cfg.spot.notice_s > 0:
         trace = synthesize_notices(trace, cfg.spot.notice_s)
-    res = project(
-        trace,
-        config=pc,
-        prices=cfg.prices.build(),
-        iterations_needed=IterationsNeeded(**{m: int(v) for m, v in needed.items()}),
-    )
+    prices = cfg.prices.build()
+    iterations = IterationsNeeded(**{m: int(v) for m, v in needed.items()})
+    res = project(trace, config=pc, prices=prices, iterations_needed=iterations)
     out: dict[str, Any] = res.to_dict()
+    out["by_compute_scale"] = {
+        f"{k:g}": _projection_summary(
+            project(
+                trace,
+                config=replace(pc, step_gpu_s=pc.step_gpu_s * k, train_step_s=pc.train_step_s * k),
+                prices=prices,
+                iterations_needed=iterations,
+            )
+        )
+        for k in PROJECTION_COMPUTE_SCALES
+    }
     for s in out["strategies"].values():
         s.pop("timeline", None)
     out["label"] = "PROJECTION (discrete-event simulation from measured per-step costs)"
+    out["measured_wall_s"] = costs | {"weight_load_s": weight_load_s, "sp_reform_s": reform_s}
+    out["clock"] = f"trace seconds: measured wall seconds x time_scale {scale:g}"
     out["assumptions"] = [
-        f"trace {cfg.spot.trace} in real time (not scaled), notices synthesised "
-        f"{cfg.spot.notice_s:g} s before silent removals, as in the runs",
-        f"per-step costs measured in the ondemand run (medians): one sample-step "
+        f"the runs' clock: trace {cfg.spot.trace} in trace seconds, every measured duration "
+        f"x time_scale {scale:g} (one wall second of a run = {scale:g} trace seconds), so "
+        "the trace's preemptions fall on the iterations as they did in the runs; notices "
+        f"synthesised {cfg.spot.notice_s:g} s (trace) before silent removals, as in the runs",
+        f"per-step costs measured in the ondemand run (medians, wall): one sample-step "
         f"{costs['step_gpu_s'] * 1000:.2f} ms of one device, update + reward "
-        f"{costs['train_step_s']:.2f} s per iteration (the tiny model on one CPU core; "
-        "a real model scales both)",
+        f"{costs['train_step_s']:.2f} s per iteration (the tiny model on one CPU core)",
         f"iterations to target are the measured ones: {needed}",
         f"weight load on (re)start {weight_load_s:.1f} s and SP re-form {reform_s:.2f} s "
-        f"from {source}",
+        f"(wall) from {source}; silent losses found after the runtime's liveness "
+        f"{liveness_s():.1f} s (wall)",
         f"{cfg.spot.ondemand_gpu_count(1)} on-demand GPU(s); spot nodes of {cfg.spot.gpus_per_node} "
         "GPU(s), one SP group per node (degree = GPUs per node); ideal SP scaling",
         "rollouts run on on-demand + spot for restart and spotlight (projection.py's model); "
-        "spotlight explores on spot during training; restart ignores notices",
+        "spotlight explores on spot during training; restart as in the runs "
+        "(spotlight/actors/restart_pool.py): one elastic job over the pool, a notice or a "
+        "silent loss restarts every spot node (each reloads the weights), the noticed node "
+        "goes down at its notice",
         "billing: on-demand for the whole time, each spot node for its life (busy or idle), "
         "per second, at the runs' prices",
+        f"by_compute_scale: the same with every sample-step and update x k for k in "
+        f"{list(PROJECTION_COMPUTE_SCALES)} (a larger model; weight load, re-form and "
+        "liveness unchanged), so the runs span more of the trace; past the trace's last "
+        "event the pool stays as it is",
     ]
     return out
+
+
+def _projection_summary(res: Any) -> dict[str, Any]:
+    """The figures of one projection that the sweep compares, per strategy."""
+    return {
+        name: {
+            "wall_s": r.wall_s,
+            "total_usd": r.cost.total_dollars,
+            "cost_ratio_vs_ondemand": res.ratio_vs_ondemand(name, "cost"),
+            "wall_ratio_vs_ondemand": res.ratio_vs_ondemand(name, "wall"),
+            "preemptions": r.preemptions,
+            "steps_lost": r.steps_lost,
+            "restarts": r.restarts,
+        }
+        for name, r in res.results.items()
+    }
 
 
 def noise_estimate(runs: dict[str, dict[str, Any]], window: int) -> dict[str, Any]:
@@ -679,6 +756,17 @@ def print_table(result: dict[str, Any]) -> None:
             f"{s['steps_lost']:.1f}",
         )
     console.print(pt)
+    for k, per in proj.get("by_compute_scale", {}).items():
+        console.print(
+            f"projection, compute x {k}: "
+            + ", ".join(
+                f"{name} {v['cost_ratio_vs_ondemand']:.2f}x cheaper "
+                f"{v['wall_ratio_vs_ondemand']:.2f}x faster ({v['preemptions']} preempt, "
+                f"{v['steps_lost']:.0f} steps lost)"
+                for name, v in per.items()
+                if name != "ondemand"
+            )
+        )
     console.print("projection assumptions:")
     for a in proj["assumptions"]:
         console.print(f"  - {a}")

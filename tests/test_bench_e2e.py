@@ -124,7 +124,42 @@ def test_projection_runs_from_measured_step_costs(tmp_path: Path) -> None:
     assert proj["label"].startswith("PROJECTION")
     assert proj["iterations_needed"] == {"ondemand": 8, "restart": 4, "spotlight": 4}
     # 0.384 s of rollout per 64 samples x 6 steps = 1 ms per sample-step, measured
-    assert proj["config"]["step_gpu_s"] == pytest.approx(0.001)
-    assert proj["config"]["train_step_s"] == pytest.approx(1.1)
+    assert proj["measured_wall_s"]["step_gpu_s"] == pytest.approx(0.001)
+    assert proj["measured_wall_s"]["train_step_s"] == pytest.approx(1.1)
     assert proj["assumptions"] and all(isinstance(a, str) for a in proj["assumptions"])
     assert set(proj["strategies"]) == {"ondemand", "restart", "spotlight"}
+
+
+def test_projection_runs_on_the_runs_clock(tmp_path: Path) -> None:
+    """Measured wall costs x time_scale: the trace's preemptions meet the iterations as in
+    the runs (unscaled, a whole tiny run fits before the first spot node is ready)."""
+    bench = _bench()
+    trace = tmp_path / "t.csv"
+    trace.write_text("t_s,event,node\n0,add,a\n0,add,b\n300,remove,a\n2000,remove,b\n")
+    _write_run(tmp_path, "ondemand", [0.40, 0.42, 0.44, 0.46, 0.48], trace)
+    _write_run(tmp_path, "spotlight", [0.40, 0.46, 0.48], trace)
+    _write_run(tmp_path, "restart", [0.40, 0.44, 0.47], trace)
+    settings = bench.QUICK | {"smooth": 2, "target_fraction": 0.75, "time_scale": 6.0}
+    proj = bench.combine(tmp_path, settings, quick=True)["projection"]
+    cfg = proj["config"]
+    assert cfg["step_gpu_s"] == pytest.approx(0.001 * 6)
+    assert cfg["train_step_s"] == pytest.approx(1.1 * 6)
+    assert cfg["loss_detect_s"] == pytest.approx(bench.liveness_s() * 6)
+    sweep = proj["by_compute_scale"]
+    assert set(sweep) == {f"{k:g}" for k in bench.PROJECTION_COMPUTE_SCALES}
+    # 4 spot-strategy iterations of (64 x 6 x 0.006 + 6.6) s take ~36 trace seconds at x1,
+    # before node a's removal at 300 s; at x10 (~340 s) the runs meet it
+    for strategy in ("restart", "spotlight"):
+        assert sweep["1"][strategy]["preemptions"] == 0
+        assert sweep["10"][strategy]["preemptions"] == 1
+        assert sweep["10"][strategy]["wall_s"] > 9 * sweep["1"][strategy]["wall_s"]
+    assert sweep["10"]["ondemand"]["cost_ratio_vs_ondemand"] == pytest.approx(1.0)
+
+
+def test_projection_config_rejects_a_bad_time_scale() -> None:
+    bench = _bench()
+    costs = {"step_gpu_s": 0.001, "train_step_s": 1.0, "rollout_samples": 4, "denoise_steps": 2}
+    with pytest.raises(ValueError, match="time_scale"):
+        bench.projection_config(
+            costs, ondemand_gpus=1, gpus_per_node=1, weight_load_s=1, reform_s=0.1, time_scale=0
+        )

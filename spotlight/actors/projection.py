@@ -6,8 +6,12 @@ and *measured* per-step costs, simulate three strategies over the same trace:
 
 ``ondemand``   random-seed Flow-GRPO on the on-demand GPUs only. No spot at all.
 ``restart``    rollouts also run on spot SP groups, TorchElastic-style: on a preemption
-               the whole SP group (every node of it) loses its in-flight work back to its
-               last checkpoint, and its survivors restart and reload weights.
+               the restarted nodes lose their in-flight work back to their last
+               checkpoint, and the survivors among them restart and reload weights. Which
+               nodes restart is ``restart_scope``: ``group`` (the SP group of the lost
+               node; notices ignored) or ``pool`` (every spot node, as one elastic job
+               over the pool: any membership change restarts all of them, and a notice
+               takes its node down at once; what bench_e2e's restart runs do).
 ``spotlight``  rollouts on on-demand + spot; during training, spot explores seeds for the
                next batch (off the critical path). Pull scheduling with commits at step
                boundaries: a noticed node finishes its step and commits (loses nothing if
@@ -28,8 +32,9 @@ Assumptions (each a field of :class:`ProjectionConfig`, documented there):
   * A new spot node produces nothing for ``weight_load_s`` (it loads weights).
   * Checkpoints/commits happen on a fixed cadence from when a node starts working on the
     current phase; work since the last one is what a loss throws away.
-  * ``restart`` ignores notices (TorchElastic restarts on membership change); losses are
-    detected after ``loss_detect_s`` (heartbeats), during which survivors wait.
+  * ``restart`` with ``restart_scope="group"`` ignores notices; losses are detected after
+    ``loss_detect_s`` (heartbeats), during which survivors wait; with ``"pool"`` a notice
+    is a membership change seen at once (the node's agent goes down).
   * After the trace's last event the spot pool stays as it is.
   * Billing: on-demand GPUs for the whole run; each spot node for its whole life within the
     run (busy or idle), for ``restart`` and ``spotlight``; per-second billing.
@@ -112,6 +117,9 @@ class ProjectionConfig:
     """Spotlight commits a sample's progress every this many denoising steps."""
     restart_checkpoint_steps: int = 10
     """The restart baseline keeps work every this many steps (default: a whole sample)."""
+    restart_scope: Literal["group", "pool"] = "group"
+    """What a preemption restarts in the restart baseline: the lost node's SP ``group``, or
+    the whole spot ``pool`` (one TorchElastic job over every spot node)."""
     max_sim_s: float = 30 * 24 * 3600.0
     """Give up (ValueError) if the target is not reached within this simulated time."""
 
@@ -136,6 +144,8 @@ class ProjectionConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.restart_scope not in ("group", "pool"):
+            raise ValueError(f"restart_scope must be 'group' or 'pool', got {self.restart_scope!r}")
 
     @property
     def nodes_per_group(self) -> int:
@@ -340,11 +350,15 @@ class _Sim:
         survivors = [n for n in group if n is not node]
         active = self.phase == "rollout" or self.s == "spotlight"
         if self.s == "restart":
+            if cfg.restart_scope == "pool":
+                group = [n for n in self.nodes.values() if n.working]
+                survivors = [n for n in group if n is not node]
             interval = cfg.restart_checkpoint_steps * cfg.step_wall_s
             if active:
                 self._lose(sum(self._since_save(n, interval) for n in group) * g)
+            detect = 0.0 if at_notice else cfg.loss_detect_s
             for n in survivors:
-                n.ready_at = self.t + cfg.loss_detect_s + cfg.weight_load_s
+                n.ready_at = self.t + detect + cfg.weight_load_s
                 n.work_start = n.ready_at
             self.res.restarts += 1
         else:
@@ -383,7 +397,7 @@ class _Sim:
         elif e.event == "notice":
             node = self.nodes[e.node]
             node.noticed = True
-            if self.s == "spotlight":
+            if self.s == "spotlight" or (self.s == "restart" and cfg.restart_scope == "pool"):
                 self._preempt(e.node, noticed_at=self.t, at_notice=True)
                 node.working = False
         else:

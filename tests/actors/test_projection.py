@@ -122,6 +122,37 @@ def test_multi_node_group_restart_vs_reform() -> None:
     assert restart.restarts == spot.restarts == 1
 
 
+def test_pool_scope_restart_restarts_every_spot_node() -> None:
+    group = replace(SMALL, weight_load_s=4.0)
+    pool = replace(group, restart_scope="pool")
+    trace = "t_s,event,node\n0,add,a\n0,add,b\n7.5,remove,a\n"
+    # a and b ready at 4; by 7.5: 4 + 3 x 3.5 = 14.5 done; each worked 3.5 s since ready
+    # pool: both lose 3.5 GPU-s (checkpoint every 10 s): 92.5 left; b reloads until 11.5
+    # (rate 1: 88.5 left), then rate 2 -> 44.25 s -> 55.75
+    restart = _run("restart", trace, pool)
+    assert restart.gpu_s_lost == pytest.approx(7.0)
+    assert restart.wall_s == pytest.approx(55.75)
+    assert restart.restarts == 1
+    # group (one node per group): only a's 3.5 s; b goes on: 89 left at rate 2 -> 52.0
+    assert _run("restart", trace, group).wall_s == pytest.approx(52.0)
+    # spotlight commits every step: a loses 0.5 s, 86 left at rate 2 -> 50.5
+    assert _run("spotlight", trace, pool).wall_s == pytest.approx(50.5)
+
+
+def test_pool_scope_restart_acts_at_the_notice() -> None:
+    pool = replace(SMALL, weight_load_s=4.0, restart_scope="pool")
+    trace = "t_s,event,node\n0,add,a\n0,add,b\n5,notice,a\n7.5,remove,a\n"
+    restart = _run("restart", trace, pool)
+    # at 5: 4 + 3 x 1 = 7 done; a is killed, both lose their 1 s since ready (95 left);
+    # b reloads until 9 (rate 1: 91 left), then rate 2 -> 45.5 s -> 54.5
+    assert restart.gpu_s_lost == pytest.approx(2.0)
+    assert restart.wall_s == pytest.approx(54.5)
+    assert restart.restarts == 1
+    assert restart.preemptions == restart.preemptions_with_notice == 1
+    # the noticed node is billed to its removal all the same
+    assert restart.cost.gpu_hours["spot"] == pytest.approx((7.5 + restart.wall_s) / 3600)
+
+
 def test_loss_during_training_does_not_touch_rollouts() -> None:
     cfg = replace(SMALL, train_step_s=100.0)
     # rollouts end at 50 s (2 GPUs), training to 150; the silent loss at 80 is in training
@@ -153,6 +184,7 @@ def test_project_reports_ratios_from_iterations_needed() -> None:
         ({"ondemand_gpus": 0}, "ondemand_gpus"),
         ({"step_gpu_s": 0.0}, "step_gpu_s"),
         ({"sp_reform_s": -1.0}, "sp_reform_s"),
+        ({"restart_scope": "job"}, "restart_scope"),
     ],
 )
 def test_config_validates(kwargs: dict[str, float], fragment: str) -> None:
