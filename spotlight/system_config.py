@@ -23,6 +23,8 @@ Sections (every field is documented where it is declared):
 - ``spot``: the simulated spot pool (trace, time scale, notice lead, node command).
 - ``prices``: GPU-hour prices (a preset, optionally overridden).
 - ``rewards``: reward worker processes the trainer scores through (0: in process).
+- ``rollout``: where the trainer's own rollouts are sampled (pull-scheduled workers or the
+  trainer's thread) and the timing of their leases.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "PlannerSection",
     "PricesSection",
     "RewardsSection",
+    "RolloutSection",
     "RunSection",
     "SpotSection",
     "SystemConfig",
@@ -428,6 +431,56 @@ class RewardsSection:
         _positive_float("rewards", "start_timeout_s", self.start_timeout_s)
 
 
+ROLLOUT_WORKERS = ("auto", "pool", "trainer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSection:
+    """Where the trainer's rollouts of θ_k (on-policy, the samples it trains on) are drawn.
+
+    ``pool``: each sample is a request on the rollout scheduler (spotlight/actors/
+    rollout_pool.py); the trainer's own rollout worker and every spot node's pull them,
+    commit their denoising state every ``commit_interval`` steps and hand it back on a
+    notice, so a preempted spot GPU loses at most the step it was running. ``trainer``: the
+    trainer rank samples its own batch in its torch thread (no scheduler; the log-probs are
+    recorded in the training chunks, so the first ratio is exactly 1 instead of 1 ± 1e-7).
+    """
+
+    workers: Literal["auto", "pool", "trainer"] = "auto"
+    """``auto``: ``pool`` with one trainer rank, ``trainer`` with several (each data-parallel
+    rank samples its own shard; the pool serves a single rank)."""
+    pull_batch: int = 8
+    """Requests a worker holds at once, advanced together in one forward pass."""
+    commit_interval: int = 2
+    """A worker commits a trajectory's state every this many denoising steps; a silent loss
+    (SIGKILL) recomputes at most this many steps per request, a notice none."""
+    lease_ttl_s: float = 30.0
+    """A lease not renewed for this long (a worker lost without notice) is resumed elsewhere
+    from its last commit; workers renew every third of it."""
+    timeout_s: float = 600.0
+    """An iteration whose rollouts are not all back after this long ends the run with an
+    error naming the queue (the trainer's own worker pulls too, so only a bug gets here)."""
+
+    def __post_init__(self) -> None:
+        if self.workers not in ROLLOUT_WORKERS:
+            raise ConfigError(
+                f"rollout.workers={self.workers!r}; valid: {', '.join(ROLLOUT_WORKERS)}"
+            )
+        _positive_int("rollout", "pull_batch", self.pull_batch)
+        _positive_int("rollout", "commit_interval", self.commit_interval)
+        _positive_float("rollout", "lease_ttl_s", self.lease_ttl_s)
+        _positive_float("rollout", "timeout_s", self.timeout_s)
+
+    def pooled(self, world_size: int) -> bool:
+        """Whether a trainer of ``world_size`` ranks samples through the pool."""
+        if self.workers == "pool" and world_size > 1:
+            raise ConfigError(
+                f"rollout.workers=pool serves a single trainer rank, this run has {world_size}; "
+                "use rollout.workers=auto or trainer (each rank then samples its own shard)"
+            )
+        return self.workers == "pool" or (self.workers == "auto" and world_size == 1)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SystemConfig:
     """Everything `spotlight run` needs; see the module docstring."""
@@ -438,6 +491,7 @@ class SystemConfig:
     spot: SpotSection = field(default_factory=SpotSection)
     prices: PricesSection = field(default_factory=PricesSection)
     rewards: RewardsSection = field(default_factory=RewardsSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
 
     def __post_init__(self) -> None:
         try:

@@ -339,10 +339,15 @@ def test_spotlight_run_no_spot_end_to_end_and_resume(micro_base: Path, tmp_path:
     assert set(loop_stats) == {"loop_stalls", "loop_lag_max_ms", "peers_lost"}
     assert loop_stats["loop_lag_max_ms"] >= 0
     assert [v["iteration"] for v in report["validations"]] == [0, 2]
+    # one trainer rank: its samples went through the rollout pool, all drawn by its own worker
+    rollouts = report["rollouts"]
+    assert rollouts["mode"] == "pool" and rollouts["samples"] == 8, rollouts
+    assert rollouts["samples_by_trainer"] == 8 and rollouts["samples_by_spot"] == 0
+    assert rollouts["stale_results"] == 0
     for name in ("curve.png", "metrics.jsonl", "plans.jsonl", "config.json"):
         assert (run_dir / name).stat().st_size > 0, name
     topics = {json.loads(x)["topic"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()}
-    assert {"trainer", "validation", "exploration"} <= topics
+    assert {"trainer", "validation", "exploration", "rollouts"} <= topics
     # resume, then Ctrl-C: continues from the checkpoint, stops after an iteration with a
     # checkpoint of its own, and every iteration it did has its plan recorded
     proc = subprocess.Popen(
@@ -456,6 +461,10 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path) -> N
     assert "rejects weights" not in nodes_log, nodes_log[-3000:]
     # micro weights were explored by the nodes (235 of 363 seeds in a 26 s run here)
     assert report["exploration"]["explored_seeds"] > 0, nodes_log[-3000:]
+    # and the nodes' rollout workers drew some of the trainer's samples with its weights
+    rollouts = report["rollouts"]
+    assert rollouts["mode"] == "pool" and rollouts["samples_by_spot"] > 0, rollouts
+    assert rollouts["samples"] == rollouts["samples_by_trainer"] + rollouts["samples_by_spot"]
 
 
 @pytest.mark.slow

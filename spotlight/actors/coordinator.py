@@ -11,7 +11,8 @@ Map (one actor on the on-demand node; two tasks it owns, cancelled in ``on_stop`
                    │   DiTConfig as a dict), sampler, weight version
                    ├──► publisher.subscribe(id, explorer)     (weights flow to the node)
                    └──► planner.register_explorer(explorer, id)
-    spot node ──node_notice(id, deadline)──► status "notice"; publisher.unsubscribe(id)
+    spot node ──register_rollout_worker(id, worker)──► publisher.subscribe(id/rollout, worker)
+    spot node ──node_notice(id, deadline)──► status "notice"; publisher.unsubscribe(id, id/rollout)
     spot node ──node_left(id, PreemptionReport | None)──► status "left"; preemption tally
     runtime.peer_events() ── peer_lost(address) ──► _peer_task: node at that address
                                                       "gone" (silent loss, counted)
@@ -183,6 +184,7 @@ class Coordinator(Actor):
         scheduler: ActorRef | None = None,
         sampler: SamplerConfig | None = None,
         model: DiTConfig | str = "tiny",
+        rollouts: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         metrics_period_s: float = 1.0,
         call_timeout_s: float = 5.0,
@@ -190,7 +192,11 @@ class Coordinator(Actor):
         """``publisher``: a :class:`~spotlight.actors.weight_publish.WeightPublisher` on this
         process's loop (``subscribe``/``unsubscribe``), or None (no weights pushed).
         ``model``: the trainer's policy config (its base checkpoint's card), sent to every
-        node so its explorer builds the same shapes; a name only for named configs."""
+        node so its explorer builds the same shapes; a name only for named configs.
+        ``rollouts``: what a node needs to serve the trainer's rollouts, passed on as is in
+        ``register_node``'s answer (``scheduler``: the rollout scheduler's ref,
+        ``settings``: ``RolloutSettings``, ``timing``: ``SchedulingConfig``); None: rollouts
+        stay with the trainer."""
         if not isinstance(prices, Prices):
             raise ValueError(f"prices must be a Prices, got {prices!r}")
         if not run_id:
@@ -211,6 +217,7 @@ class Coordinator(Actor):
         self.scheduler = scheduler
         self.sampler = sampler or SamplerConfig()
         self.model = model
+        self.rollouts = rollouts
         self._clock = clock
         self._period_s = metrics_period_s
         self._call_timeout_s = call_timeout_s
@@ -342,7 +349,20 @@ class Coordinator(Actor):
             "sampler": asdict(self.sampler),
             "weight_version": self._latest_version(),
             "run_id": self.run_id,
+            "rollouts": self.rollouts,
         }
+
+    @endpoint
+    async def register_rollout_worker(self, node_id: str, worker: ActorRef) -> bool:
+        """``node_id``'s rollout worker: weights flow to it too, until the node leaves.
+
+        Returns False (and subscribes nothing) unless the node is alive: a worker of a node
+        on notice or gone must not receive the next weights."""
+        node = self._known(node_id)
+        if node.status != "alive" or self.publisher is None:
+            return False
+        self.publisher.subscribe(_rollout_name(node_id), worker)
+        return True
 
     @endpoint
     async def node_notice(self, node_id: str, deadline: float) -> None:
@@ -507,6 +527,7 @@ class Coordinator(Actor):
     def _unsubscribe(self, node_id: str) -> None:
         if self.publisher is not None:
             self.publisher.unsubscribe(node_id)
+            self.publisher.unsubscribe(_rollout_name(node_id))
 
     def _forget_explorer(self, node: _Node) -> None:
         """Queue ``planner.unregister_explorer`` for ``node`` (sent by ``_sync_planner``)."""
@@ -609,3 +630,8 @@ def sampler_from_dict(data: dict[str, Any]) -> SamplerConfig:
     if data.get("sde_window") is not None:
         data["sde_window"] = tuple(data["sde_window"])
     return SamplerConfig(**data)
+
+
+def _rollout_name(node_id: str) -> str:
+    """The publisher subscription of a node's rollout worker (beside its explorer's)."""
+    return f"{node_id}/rollout"

@@ -89,6 +89,7 @@ from spotlight.models.flow_grpo import (
     train_on_rollout,
 )
 from spotlight.models.grpo import LossDiagnostics, group_advantages, reward_stats
+from spotlight.models.sampler import TrajectoryState
 
 __all__ = [
     "DPContext",
@@ -380,8 +381,12 @@ def dp_iteration(
     *,
     shuffle_seed: int = 0,
     ref_policy: DiTPolicy | None = None,
+    trajectories: Sequence[TrajectoryState] | None = None,
 ) -> IterationStats:
     """One Flow-GRPO iteration on the GLOBAL batch, each rank rolling out its whole groups.
+
+    ``trajectories``: the global batch's samples, drawn by rollout workers (one rank only:
+    with several, each rank samples its own shard).
 
     ``prompts``/``seeds`` are the global batch (identical on every rank; one entry per sample,
     each group ``group_size`` contiguous samples of one prompt). The update, reward stats and
@@ -398,8 +403,14 @@ def dp_iteration(
             config,
             shuffle_seed=shuffle_seed,
             ref_policy=ref_policy,
+            trajectories=trajectories,
         )
         return stats
+    if trajectories is not None:
+        raise ValueError(
+            f"pre-sampled trajectories need a single trainer rank, this run has {ctx.world}; "
+            "set rollout.workers=trainer (each rank samples its own shard)"
+        )
     _check_batch(prompts, seeds, config, ctx.world)
     if ctx.backend == "nccl" and policy.device != ctx.device:
         raise ValueError(

@@ -180,6 +180,8 @@ class Forgotten:
 JournalRecord = EpochStarted | Submitted | Committed | Completed | Delivered | Forgotten
 
 _REQUEST_FIELDS = ("request_id", "prompt", "seed", "num_steps", "priority", "deadline", "kind")
+# Appended after the group id, so a journal written before the field existed still replays.
+_REQUEST_EXTRA_FIELDS = ("weight_version",)
 
 
 def codec_encode_payload(payload: Any) -> list[bytes | memoryview]:
@@ -312,8 +314,13 @@ class Journal:
         if kind == "E":
             return EpochStarted(epoch=fields[0])
         if kind == "S":
+            base = len(_REQUEST_FIELDS)
             requests = [
-                SampleRequest(**dict(zip(_REQUEST_FIELDS, r[:-1], strict=True)), group_id=r[-1])
+                SampleRequest(
+                    **dict(zip(_REQUEST_FIELDS, r[:base], strict=True)),
+                    group_id=r[base],
+                    **dict(zip(_REQUEST_EXTRA_FIELDS, r[base + 1 :], strict=False)),
+                )
                 for r in fields[0]
             ]
             return Submitted(requests=requests)
@@ -357,7 +364,14 @@ class Journal:
             case EpochStarted(epoch=epoch):
                 item = ["E", epoch]
             case Submitted(requests=requests):
-                rows = [[*(getattr(r, f) for f in _REQUEST_FIELDS), r.group_id] for r in requests]
+                rows = [
+                    [
+                        *(getattr(r, f) for f in _REQUEST_FIELDS),
+                        r.group_id,
+                        *(getattr(r, f) for f in _REQUEST_EXTRA_FIELDS),
+                    ]
+                    for r in requests
+                ]
                 item = ["S", rows]
             case Committed(request_id=rid, token=token, snapshot=snap):
                 item = ["C", rid, token, snap.step, list(self._encode(snap.payload))]

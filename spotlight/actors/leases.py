@@ -80,6 +80,9 @@ class SampleRequest:
     kind: Literal["explore", "rollout"]
     group_id: str
     """Submission group: results are delivered per group, once all of it is done."""
+    weight_version: int | None = None
+    """The policy version that must sample it (a trainer rollout is on-policy: θ_k exactly);
+    None = whatever the worker holds (exploration tolerates stale weights)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.request_id, str) or not self.request_id:
@@ -96,6 +99,14 @@ class SampleRequest:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.weight_version is not None and (
+            not isinstance(self.weight_version, int)
+            or isinstance(self.weight_version, bool)
+            or self.weight_version < 0
+        ):
+            raise ValueError(
+                f"weight_version must be an int >= 0 or None, got {self.weight_version!r}"
+            )
         if self.deadline is not None and not math.isfinite(self.deadline):
             raise ValueError(f"deadline must be a finite clock time or None, got {self.deadline}")
 

@@ -404,6 +404,26 @@ def _rewards(state: MonitorState) -> RenderableType | None:
     return sec
 
 
+def _rollouts(state: MonitorState) -> RenderableType | None:
+    """The trainer's last batch through the rollout pool (absent with rollout.workers
+    trainer): how long it took and how much of it spot nodes drew."""
+    newest = _newest(state, "rollouts")
+    if newest is None:
+        return None
+    f = newest[1]
+    by_worker = _get(f, "by_worker")
+    by_worker = by_worker if isinstance(by_worker, Mapping) else {}
+    spot = sum(n for w, n in by_worker.items() if w != "rollout_local")
+    seconds = _get(f, "seconds")
+    sec = _section("Rollouts")
+    sec.add_row(
+        f"iter {_num(_get(f, 'iteration'))}: {_num(_get(f, 'samples'))} in "
+        f"{_num(seconds, '{:.2f}') if isinstance(seconds, int | float) else DASH} s, "
+        f"{_num(spot)} by {_num(sum(1 for w in by_worker if w != 'rollout_local'))} spot workers"
+    )
+    return sec
+
+
 # ============================================================================ the view
 
 
@@ -434,6 +454,7 @@ def render(
         _exploration(state),
         _preemptions(state, max_preemptions),
         _rewards(state),
+        _rollouts(state),
     ]
     right = Group(*(s for s in sections if s is not None))
     grid = Table.grid(expand=True, padding=(0, 2))

@@ -42,8 +42,17 @@ import torch
 
 from spotlight.actors.leases import Lease, Snapshot
 from spotlight.actors.scheduler import SchedulingConfig
+from spotlight.actors.weight_publish import WeightInbox
+from spotlight.actors.weight_share import WeightManifest
+from spotlight.actors.weight_slot import WeightSlot, weights_fit
 from spotlight.models.dit import DiTPolicy, TextEmbedding
-from spotlight.models.sampler import SamplerConfig, TrajectoryState, advance
+from spotlight.models.sampler import (
+    SamplerConfig,
+    TrajectoryState,
+    advance,
+    concat_states,
+    split_state,
+)
 from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
@@ -62,6 +71,8 @@ class RolloutSettings:
 
     noise_level: float = 0.7
     """Flow-GRPO noise level of the SDE steps (see ``SamplerConfig``)."""
+    sde_window: tuple[int, int] | None = None
+    """Steps ``[start, stop)`` that are SDE steps (see ``SamplerConfig``); None = all."""
     shift: float = 1.0
     min_step_s: float = 0.0
     """Benchmarks only: pad each step to at least this long, to emulate a slower GPU."""
@@ -74,13 +85,34 @@ class RolloutSettings:
     """False = the restart-from-step-0 baseline of the benchmarks: never commit, release
     without snapshots, so a preempted request starts over (what TorchElastic-style restart
     costs)."""
+    batch_held: bool = False
+    """Advance the held requests that are at the same step in ONE forward pass (a batch of
+    up to ``pull_batch``) instead of one by one. ~3× the samples per second of the tiny model
+    on a CPU, and how a GPU is kept busy; the price: a sample's float rounding then depends on
+    which requests shared its batch (≈1e-7), so a resumed trajectory equals an uninterrupted
+    one within that, not bit for bit. Off: every request is a batch of 1 (bit-exact)."""
 
     def __post_init__(self) -> None:
         if not self.min_step_s >= 0:
             raise ValueError(f"min_step_s must be >= 0, got {self.min_step_s}")
 
+    @classmethod
+    def like(cls, sampler: SamplerConfig, **kwargs: Any) -> RolloutSettings:
+        """Settings that sample exactly as ``sampler`` does (a trainer's rollouts)."""
+        return cls(
+            noise_level=sampler.noise_level,
+            sde_window=sampler.sde_window,
+            shift=sampler.shift,
+            **kwargs,
+        )
+
     def sampler(self, num_steps: int) -> SamplerConfig:
-        return SamplerConfig(num_steps=num_steps, noise_level=self.noise_level, shift=self.shift)
+        window = self.sde_window
+        if window is not None:  # a wire round trip may turn the tuple into a list
+            window = (int(window[0]), int(window[1]))
+        return SamplerConfig(
+            num_steps=num_steps, noise_level=self.noise_level, sde_window=window, shift=self.shift
+        )
 
 
 @register_wire_type(name="spotlight.DrainReport")
@@ -96,7 +128,8 @@ class DrainReport:
     finished_inflight: bool
     """The step running at the notice was finished (it fitted before the deadline)."""
     abandoned_steps: int
-    """Steps that were running and were given up (recomputed elsewhere): 0 or 1."""
+    """Sample-steps that were running and were given up (recomputed elsewhere): 0, or the
+    requests of the step that was running (1 unless ``batch_held``)."""
     seconds: float
 
 
@@ -114,6 +147,12 @@ class WorkerStats:
     """Moving average of a denoising step's wall time."""
     draining: bool
     per_request_steps: dict[str, int] = field(default_factory=dict)
+    weight_version: int | None = None
+    """The policy version this worker samples with (None: none yet)."""
+    version_releases: int = 0
+    """Leases handed back because they asked for another weight version than the one held."""
+    batches: int = 0
+    """Forward passes run (each advances one or, with ``batch_held``, several requests)."""
 
 
 @dataclass
@@ -129,6 +168,8 @@ class _Inflight:
     request_id: str
     step: int
     started: float
+    samples: int = 1
+    """Requests advancing in this step (a batch with ``batch_held``)."""
 
 
 class RolloutWorker(Actor):
@@ -143,13 +184,25 @@ class RolloutWorker(Actor):
         timing: SchedulingConfig,
         settings: RolloutSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        version: Callable[[], int | None] | None = None,
+        wait_for_weights: bool = False,
     ) -> None:
+        """``version``: the weight version of ``model`` as its owner updates it (the trainer's
+        own worker: the trainer's iteration, read between requests). Without it the worker's
+        version is the last one it applied from ``load_weights``/``weight_chunk`` (a spot
+        node's worker, subscribed to the weight publisher), None until the first.
+        ``wait_for_weights``: pull nothing before the first version has arrived (a model
+        built with random weights must not sample anything, not even version-free work)."""
         self.scheduler = scheduler
         self.worker_id = worker_id
         self.policy = model
         self.timing = timing
         self.settings = settings or RolloutSettings()
         self._clock = clock
+        self._version_fn = version
+        self._wait_for_weights = wait_for_weights
+        self.slot = WeightSlot()
+        self._inbox = WeightInbox()
         self._held: dict[str, _Held] = {}
         self._inflight: _Inflight | None = None
         self._draining = False
@@ -158,7 +211,14 @@ class RolloutWorker(Actor):
         self._loop_task: asyncio.Task[None] | None = None
         self._hb_task: asyncio.Task[None] | None = None
         self._step_ema: float | None = None
-        self._n = {"steps_run": 0, "commits": 0, "completions": 0, "stale_drops": 0}
+        self._n = {
+            "steps_run": 0,
+            "commits": 0,
+            "completions": 0,
+            "stale_drops": 0,
+            "version_releases": 0,
+            "batches": 0,
+        }
         self._log_fd: int | None = None
 
     async def on_start(self) -> None:
@@ -195,7 +255,42 @@ class RolloutWorker(Actor):
             per_request_steps={
                 rid: h.state.step for rid, h in self._held.items() if h.state is not None
             },
+            weight_version=self.weight_version,
+            version_releases=self._n["version_releases"],
+            batches=self._n["batches"],
         )
+
+    @property
+    def weight_version(self) -> int | None:
+        return self._version_fn() if self._version_fn is not None else self.slot.current
+
+    @endpoint
+    async def load_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> bool:
+        """Offer weights ``version`` (use ``tell``); applied once no request is held.
+
+        Returns whether it was kept (False: not newer than what this worker has). ValueError
+        (naming both shapes) when the tensors do not fit this worker's model.
+        """
+        weights_fit(self.policy, state_dict, version=version)
+        kept = self.slot.offer(version, state_dict)
+        if kept:
+            self._wake.set()
+        return kept
+
+    @endpoint
+    async def weight_chunk(
+        self, version: int, manifest: WeightManifest, offset: int, chunk: torch.Tensor
+    ) -> None:
+        """One chunk of weights ``version`` from the publisher (see ``ExplorerActor``)."""
+        newest = self.slot.newest
+        if newest is not None and version <= newest:
+            return
+        done = self._inbox.offer(version, manifest, offset, chunk)
+        if done is not None:
+            complete_version, state = done
+            weights_fit(self.policy, state, version=complete_version)
+            if self.slot.offer(complete_version, state):
+                self._wake.set()
 
     @endpoint
     async def drain(self, deadline: float) -> DrainReport:
@@ -227,15 +322,11 @@ class RolloutWorker(Actor):
                 except TimeoutError:
                     pass
             if not task.done():
-                abandoned = 1 if self._inflight is not None else 0
+                abandoned = self._inflight.samples if self._inflight is not None else 0
                 task.cancel("preempted: the running step does not fit before the deadline")
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        snapshots = {
-            rid: Snapshot(step=h.state.step, payload=h.state.to_dict())
-            for rid, h in self._held.items()
-            if h.state is not None and h.state.step > h.committed_step and self.settings.checkpoint
-        }
+        snapshots = self._snapshots()
         timeout = max(0.1, deadline - time.time() - margin / 2)
         try:
             released = await self.scheduler.release.ask(self.worker_id, snapshots, timeout=timeout)
@@ -261,11 +352,33 @@ class RolloutWorker(Actor):
             # A bug, not a bad request: say so loudly; the leases expire and resume elsewhere.
             log.critical("rollout loop of %s crashed", self.worker_id, exc_info=task.exception())
 
+    def _snapshots(self) -> dict[str, Snapshot]:
+        """The progress of every held request past its last commit (what a release keeps)."""
+        return {
+            rid: Snapshot(step=h.state.step, payload=h.state.to_dict())
+            for rid, h in self._held.items()
+            if h.state is not None and h.state.step > h.committed_step and self.settings.checkpoint
+        }
+
     async def _loop(self) -> None:
         try:
             while not self._draining:
                 if not self._held:
+                    await self._apply_newest()
+                    if self._wait_for_weights and self.weight_version is None:
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), self.timing.idle_pull_s * 10)
+                        continue
                     await self._pull()
+                    continue
+                if not await self._versions_match():
+                    continue
+                if self.settings.batch_held:
+                    for group in self._step_groups():
+                        if self._draining:
+                            break
+                        await self._advance_batch(group)
                     continue
                 for rid in list(self._held):
                     if self._draining:
@@ -275,6 +388,120 @@ class RolloutWorker(Actor):
                         await self._advance_one(held)
         finally:
             self._parked.set()
+
+    async def _apply_newest(self) -> None:
+        """Load the newest published weights; only called while no request is held, so a
+        trajectory never changes weights halfway."""
+        pending = self.slot.take()
+        if pending is None:
+            return
+        version, state = pending
+        await asyncio.to_thread(self.policy.load_state_dict, dict(state), strict=True)
+        log.info("rollout worker %s now at weight version %d", self.worker_id, version)
+
+    async def _versions_match(self) -> bool:
+        """Whether this worker may sample what it holds: every request that names a weight
+        version names the one held. Otherwise everything held goes back (with its progress)
+        and the worker waits for new weights or ``idle_pull_s``: an on-policy rollout is
+        never sampled with the wrong weights, and another worker takes it meanwhile."""
+        mine = self.weight_version
+        wanted = {
+            h.lease.request.weight_version
+            for h in self._held.values()
+            if h.lease.request.weight_version is not None
+        }
+        if not wanted or wanted == {mine}:
+            return True
+        self._n["version_releases"] += len(self._held)
+        log.info(
+            "rollout worker %s holds version %s, requests want %s: handed back",
+            self.worker_id,
+            mine,
+            sorted(wanted),
+        )
+        try:
+            await self.scheduler.release.ask(
+                self.worker_id, self._snapshots(), timeout=self.timing.call_timeout_s
+            )
+        except (*_RETRYABLE, RemoteError) as exc:
+            log.info("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
+        self._held.clear()
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.timing.idle_pull_s)
+        return False
+
+    def _step_groups(self) -> list[list[_Held]]:
+        """Held requests that can share a forward pass: same step, same step count."""
+        groups: dict[tuple[int, int], list[_Held]] = {}
+        for held in self._held.values():
+            step = 0 if held.state is None else held.state.step
+            groups.setdefault((step, held.lease.request.num_steps), []).append(held)
+        return [groups[key] for key in sorted(groups)]
+
+    async def _advance_batch(self, group: list[_Held]) -> None:
+        """One step of every request in ``group`` in one forward pass (``batch_held``)."""
+        running = [h for h in group if h.state is None or h.state.step < h.lease.request.num_steps]
+        if len(running) <= 1:
+            for held in group:
+                await self._advance_one(held)
+            return
+        step = 0 if running[0].state is None else running[0].state.step
+        self._inflight = _Inflight(
+            running[0].lease.request.request_id, step, self._clock(), samples=len(running)
+        )
+        for held in running:
+            self._log_step("S", held, step)
+        t0 = self._clock()
+        try:
+            states = await asyncio.to_thread(self._step_batch, running)
+        except (ValueError, RuntimeError) as exc:
+            # One bad request spoils the batch: step them one by one, so only it fails.
+            self._inflight = None
+            log.warning("batch step on %s failed (%r); stepping one by one", self.worker_id, exc)
+            for held in running:
+                await self._advance_one(held)
+            return
+        self._inflight = None
+        self._record_step(self._clock() - t0)
+        for held, state in zip(running, states, strict=True):
+            self._log_step("E", held, step)
+            held.state = state
+            self._n["steps_run"] += 1
+        for held in group:
+            if held.lease.request.request_id in self._held:
+                await self._finish_or_commit(held)
+
+    def _step_batch(self, group: list[_Held]) -> list[TrajectoryState]:
+        """One denoising step of ``group`` as one batch, in a worker thread."""
+        t0 = time.monotonic()
+        cfg = self.policy.config
+        shape = (cfg.num_tokens, cfg.token_dim)
+        batch = concat_states(
+            [
+                h.state
+                if h.state is not None
+                else TrajectoryState.start([h.lease.request.seed], shape)
+                for h in group
+            ]
+        )
+        with torch.no_grad():
+            text = self.policy.encode_prompts([h.lease.request.prompt for h in group])
+
+        def velocity(x_BNC: torch.Tensor, sigma_B: torch.Tensor) -> torch.Tensor:
+            return self.policy(x_BNC, sigma_B, text)
+
+        num_steps = group[0].lease.request.num_steps
+        state = advance(velocity, batch, self.settings.sampler(num_steps))
+        pad = self.settings.min_step_s - (time.monotonic() - t0)
+        if pad > 0:
+            time.sleep(pad)  # emulates a slower device (benchmarks); in a worker thread
+        return split_state(state)
+
+    def _record_step(self, elapsed: float) -> None:
+        self._n["batches"] += 1
+        ema = self._step_ema
+        self._step_ema = elapsed if ema is None else 0.7 * ema + 0.3 * elapsed
 
     async def _pull(self) -> None:
         try:
@@ -314,17 +541,21 @@ class RolloutWorker(Actor):
                 log.error("request %s failed on %s: %r", rid, self.worker_id, exc)
                 await self._send(held, "complete", {"error": f"{type(exc).__name__}: {exc}"})
                 return
-            elapsed = self._clock() - t0
             self._inflight = None
+            self._record_step(self._clock() - t0)
             self._log_step("E", held, state.step - 1)
             held.state = state
             self._n["steps_run"] += 1
-            ema = self._step_ema
-            self._step_ema = elapsed if ema is None else 0.7 * ema + 0.3 * elapsed
+        await self._finish_or_commit(held)
+
+    async def _finish_or_commit(self, held: _Held) -> None:
+        """Complete a finished request; commit one that is ``commit_interval`` steps on."""
+        request = held.lease.request
         state = held.state
         assert state is not None
         if state.step >= request.num_steps:
-            await self._send(held, "complete", state.to_dict())
+            # The worker id lets the submitter count who sampled what (spot vs its own).
+            await self._send(held, "complete", {**state.to_dict(), "worker_id": self.worker_id})
         elif (
             self.settings.checkpoint
             and state.step - held.committed_step >= self.timing.commit_interval

@@ -13,6 +13,9 @@
       ├─ spawn "explorer" (ExplorerActor of that model config: pulls from the scheduler)
       ├─ register_node(N, "spot", G, explorer) ─► coordinator subscribes it to the weights
       │                                           and registers it with the planner
+      ├─ the answer offers rollouts (``rollouts``: the trainer's rollout scheduler): spawn
+      │    "rollout" (RolloutWorker: pulls the trainer's on-policy requests, weights from the
+      │    publisher) and register_rollout_worker(N, it) so weights flow to it too
       ├─ spawn "node" (NodeAgent) and "preemption" (PreemptionHandler, SIGTERM notice
       │    with --notice-grace seconds of lead)
       ├─ write --ready-file (runtime address), then wait for one of:
@@ -32,9 +35,15 @@ step boundary; the node keeps exploring. Members die with this process (PR_SET_P
 
 On a notice the handler asks ``node.drain(deadline)``: the agent tells the coordinator
 ``node_notice`` (so the planner stops counting this node's GPUs and weights stop flowing),
-then asks the explorer to drain (finish its batch if it fits, release its leases). SIGKILL
-runs nothing: the coordinator sees the peer loss (a silent preemption) and the scheduler's
-lease expiry re-queues the explorer's seeds.
+then drains the explorer (finish its batch if it fits, release its leases) and the rollout
+worker (finish the running step if it fits, commit every in-flight trajectory at its last
+step boundary with the release) side by side. SIGKILL runs nothing: the coordinator sees the
+peer loss (a silent preemption); lease expiry re-queues the explorer's seeds and resumes the
+rollouts from their last commits.
+
+The rollout worker and the explorer share the node's cores: the pull scheduler gives a
+rollout request to whichever worker is free, the explorer keeps exploring meanwhile (a
+rollout worker at SP degree 1 in this process, whatever ``--sp-degree`` says).
 
 Every wait is bounded: registration by ``--register-timeout-s``, each coordinator call by
 ``--call-timeout-s`` (and by the notice deadline on the way out).
@@ -57,7 +66,7 @@ from typing import Any
 from spotlight.actors.coordinator import sampler_from_dict
 from spotlight.actors.explorer import ExplorerActor, ExploreSettings, model_config
 from spotlight.actors.preemption import PreemptionHandler, PreemptionReport
-from spotlight.actors.rollout import DrainReport
+from spotlight.actors.rollout import DrainReport, RolloutWorker
 from spotlight.actors.sampling_backend import BackendFactory
 from spotlight.actors.sp_explore import NodeSPConfig, SPBackend
 from spotlight.runtime import Actor, ActorRef, Runtime, RuntimeConfig, endpoint
@@ -91,10 +100,17 @@ class NodeAgent(Actor):
     """The preemption handler's worker: announce the notice, then drain the explorer."""
 
     def __init__(
-        self, *, node_id: str, explorer: ActorRef, coordinator: ActorRef, call_timeout_s: float
+        self,
+        *,
+        node_id: str,
+        explorer: ActorRef,
+        coordinator: ActorRef,
+        call_timeout_s: float,
+        rollout: ActorRef | None = None,
     ) -> None:
         self.node_id = node_id
         self.explorer = explorer
+        self.rollout = rollout
         self.coordinator = coordinator
         self.call_timeout_s = call_timeout_s
 
@@ -106,8 +122,36 @@ class NodeAgent(Actor):
             )
         except (SpotlightError, TimeoutError) as exc:
             log.warning("could not tell the coordinator about the notice: %r", exc)
-        report: DrainReport = await self.explorer.drain.ask(deadline, timeout=_left(deadline))
-        return report
+        workers = [w for w in (self.explorer, self.rollout) if w is not None]
+        answers = await asyncio.gather(
+            *(w.drain.ask(deadline, timeout=_left(deadline)) for w in workers),
+            return_exceptions=True,
+        )
+        reports: list[DrainReport] = []
+        for worker, answer in zip(workers, answers, strict=True):
+            if isinstance(answer, DrainReport):
+                reports.append(answer)
+            elif isinstance(answer, SpotlightError | TimeoutError):
+                log.warning("drain of %s failed: %r", worker.name, answer)
+            else:  # a bug, not a lost worker: let the preemption handler see it
+                raise answer
+        if not reports:
+            raise SpotlightError(f"no worker of node {self.node_id} drained")
+        return merge_drain_reports(self.node_id, reports)
+
+
+def merge_drain_reports(node_id: str, reports: list[DrainReport]) -> DrainReport:
+    """One report for the node: releases, snapshots and abandoned sample-steps added up."""
+    if len(reports) == 1:
+        return reports[0]
+    return DrainReport(
+        worker_id=node_id,
+        released=sum(r.released for r in reports) if all(r.released >= 0 for r in reports) else -1,
+        snapshots={k: v for r in reports for k, v in r.snapshots.items()},
+        finished_inflight=all(r.finished_inflight for r in reports),
+        abandoned_steps=sum(r.abandoned_steps for r in reports),
+        seconds=max(r.seconds for r in reports),
+    )
 
 
 def _left(deadline: float) -> float:
@@ -210,11 +254,15 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             is None
         ):
             return 1
+        rollout = await _start_rollout_worker(rt, args, model, answer.get("rollouts"))
+        if rollout is not None:
+            await _register_rollout(coordinator, args, rollout)
         agent = await rt.spawn(
             NodeAgent,
             name="node",
             node_id=args.node_id,
             explorer=explorer,
+            rollout=rollout,
             coordinator=coordinator,
             call_timeout_s=args.call_timeout_s,
         )
@@ -236,7 +284,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
         print(f"spot node {args.node_id} at {rt.address}", flush=True)
 
         watcher: asyncio.Future[Any] = asyncio.ensure_future(
-            _coordinator_lost(peers, coordinator, explorer, args)
+            _coordinator_lost(peers, coordinator, explorer, args, rollout)
         )
         waiting: set[asyncio.Future[Any]] = {leave, watcher}
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -276,8 +324,46 @@ async def _start_sp_group(rt: Runtime, args: argparse.Namespace, model: Any) -> 
     return await SPBackend.start(rt, config, model, monitor=monitor)
 
 
+async def _start_rollout_worker(
+    rt: Runtime, args: argparse.Namespace, model: Any, offer: dict[str, Any] | None
+) -> ActorRef | None:
+    """The node's rollout worker when the coordinator offers rollouts, else None."""
+    if not offer or offer.get("scheduler") is None:
+        return None
+    from spotlight.models.dit import build_policy
+
+    policy = await asyncio.to_thread(build_policy, model)  # weights come from the publisher
+    return await rt.spawn(
+        RolloutWorker,
+        name="rollout",
+        scheduler=offer["scheduler"],
+        worker_id=f"{args.node_id}/rollout",
+        model=policy,
+        timing=offer["timing"],
+        settings=offer["settings"],
+        wait_for_weights=True,
+    )
+
+
+async def _register_rollout(
+    coordinator: ActorRef, args: argparse.Namespace, rollout: ActorRef
+) -> None:
+    """Subscribe the rollout worker to the weights; a refusal only costs its rollouts."""
+    try:
+        if not await coordinator.register_rollout_worker.ask(
+            args.node_id, rollout, timeout=args.call_timeout_s
+        ):
+            log.warning("coordinator refused the rollout worker of %s", args.node_id)
+    except (SpotlightError, TimeoutError) as exc:
+        log.warning("register_rollout_worker failed (%r): this node explores only", exc)
+
+
 async def _coordinator_lost(
-    peers: PeerEvents, coordinator: ActorRef, explorer: ActorRef, args: argparse.Namespace
+    peers: PeerEvents,
+    coordinator: ActorRef,
+    explorer: ActorRef,
+    args: argparse.Namespace,
+    rollout: ActorRef | None = None,
 ) -> None:
     """Returns when the coordinator is lost and cannot be re-joined within the timeout."""
     async for event in peers:
@@ -289,6 +375,8 @@ async def _coordinator_lost(
         )
         if again is None:
             return
+        if rollout is not None:
+            await _register_rollout(coordinator, args, rollout)
     return
 
 

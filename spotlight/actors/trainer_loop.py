@@ -12,6 +12,8 @@ Map (one loop per DP rank; rank 0 talks to the rest of the system, the others fo
       3. broadcast {plan_k | stop} to the DP ranks      torch.distributed (H1's broadcast_object)
       4. rollout + GRPO update on the global batch      in a worker thread (_torch_call): the
                                                         runtime keeps serving while torch works
+         (with a RolloutPool: rollouts.sample(k) first: requests pulled by the trainer's own
+          rollout worker and the spot nodes', each with θ_k exactly; then the update)
       5. publisher.publish(k+1, policy)                 one flat copy; streamed in background
       6. planner.record_iteration(seconds); metrics "trainer", "exploration"
          validation every val_every ("validation"), checkpoint every ckpt_every (atomic)
@@ -70,6 +72,7 @@ from spotlight.runtime.errors import SpotlightError
 
 if TYPE_CHECKING:
     from spotlight.actors.metrics import MetricsPublisher
+    from spotlight.actors.rollout_pool import RolloutPool
     from spotlight.actors.weight_publish import WeightPublisher
     from spotlight.models.flow_grpo import FlowGrpoConfig, IterationStats
     from spotlight.runtime import ActorRef
@@ -191,7 +194,10 @@ class TrainerLoop:
         metrics: MetricsPublisher | None = None,
         reward_fn: RewardFn | None = None,
         progress: Callable[[str], None] | None = None,
+        rollouts: RolloutPool | None = None,
     ) -> None:
+        """``rollouts``: sample each iteration's batch through the pull-scheduled rollout
+        workers (rank 0 of a single-rank trainer only) instead of in this thread."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -203,6 +209,12 @@ class TrainerLoop:
         self.metrics = metrics if self.ctx.rank == 0 else None
         self._reward_fn = reward_fn
         self._progress = progress
+        if rollouts is not None and self.ctx.world > 1:
+            raise ValueError(
+                f"pooled rollouts need a single trainer rank, this run has {self.ctx.world}; "
+                "set rollout.workers=trainer (each rank then samples its own shard)"
+            )
+        self.rollouts = rollouts
         self.iteration = 0
         self.weight_version = 0
         self.policy: Any = None
@@ -435,6 +447,8 @@ class TrainerLoop:
         await self._torch_call(self._setup)
         start = self.iteration
         leader = self.is_leader
+        if self.rollouts is not None:
+            await self.rollouts.attach(self.policy, lambda: self.weight_version)
         if leader:
             self.plans = PlanLog(self.run_dir / "plans.jsonl")
             self.trainer_log = RecordLog(
@@ -478,6 +492,11 @@ class TrainerLoop:
             plan = plan_from_json(message)
             prompts, seeds = flatten(plan)
             t0 = time.perf_counter()
+            pooled = None
+            if self.rollouts is not None:
+                pooled = await self.rollouts.sample(
+                    k, self.weight_version, prompts, seeds, cfg.algo.sampler.num_steps
+                )
             stats = await self._torch_call(
                 dp_iteration,
                 self.policy,
@@ -489,7 +508,17 @@ class TrainerLoop:
                 self.ctx,
                 shuffle_seed=cfg.seed * 7919 + k,
                 ref_policy=self.ref_policy,
+                trajectories=None if pooled is None else pooled.states,
             )
+            if pooled is not None:
+                stats = dataclasses.replace(stats, rollout_s=pooled.seconds)
+                self._publish(
+                    "rollouts",
+                    iteration=k + 1,
+                    seconds=pooled.seconds,
+                    samples=len(pooled.states),
+                    by_worker=pooled.by_worker,
+                )
             train_s += time.perf_counter() - t0
             k += 1
             self.iteration = k

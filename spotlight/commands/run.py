@@ -6,14 +6,17 @@ Processes and actors (embedded default, one CPU machine, tiny model)::
     this process (on-demand node "od0"; torchrun rank 0 on a cluster)
       runtime actors: "monitor" (Monitor -> RUN_DIR/metrics.jsonl), "explore_scheduler"
         (SchedulerActor, journal RUN_DIR/explore.journal), "planner" (PlannerActor),
-        "coordinator" (Coordinator: membership, weights, cost, preemptions)
+        "coordinator" (Coordinator: membership, weights, cost, preemptions),
+        "rollout_scheduler" + "rollout_local" (rollout.workers pool: the trainer's samples
+        as pull-scheduled requests, see spotlight/actors/rollout_pool.py)
       + TrainerLoop (spotlight/actors/trainer_loop.py; torch work in a thread)
       + TraceReplayer + ProcessNodeLauncher: one spot node process per trace node
       + "rewards" (RewardRegistry) and ``rewards.workers`` reward worker processes
         (run_rewards.py); the trainer scores its rollouts and validation through them
       + the live view (a subscriber of the monitor; JSON lines when stdout is not a TTY)
     spot node processes: `python -m spotlight.actors.spot_node --coordinator ADDR ...`
-      (explorer + preemption handler; a notice is SIGTERM, a removal SIGKILL)
+      (explorer + rollout worker + preemption handler; a notice is SIGTERM, a removal
+      SIGKILL)
 
 On a cluster (scripts/launch_ondemand.sh: torchrun): rank 0 is all of the above and serves
 on ``--listen``; ranks > 0 are data-parallel trainer followers (no runtime, no output). With
@@ -63,6 +66,7 @@ from spotlight.commands.run_cluster import (
     write_atomic,
 )
 from spotlight.commands.run_rewards import RunRewards, reward_summary
+from spotlight.commands.run_rollouts import rollout_stats, rollout_summary, start_rollout_pool
 from spotlight.system_config import ConfigError, SystemConfig, load_config
 
 if TYPE_CHECKING:
@@ -384,6 +388,7 @@ async def _main(
 
     ctx = await asyncio.to_thread(init_context)
     loop_cfg = trainer_loop_config(cfg)
+    pooled = cfg.rollout.pooled(ctx.world)  # every rank refuses a bad combination alike
     if ctx.rank != 0:  # a data-parallel follower: no runtime, rank 0 drives
         follower = await TrainerLoop(loop_cfg, run_dir, resume=resume, ctx=ctx).run()
         return {"rank": ctx.rank, "iterations": follower.iterations}
@@ -434,6 +439,9 @@ async def _main(
         from spotlight.actors.weight_publish import WeightPublisher
 
         publisher = WeightPublisher()
+        rollouts = (
+            await start_rollout_pool(rt, cfg.rollout, loop_cfg.algo.sampler) if pooled else None
+        )
         from spotlight.actors.coordinator import Coordinator
 
         coordinator = await rt.spawn(
@@ -446,6 +454,7 @@ async def _main(
             scheduler=scheduler,
             sampler=loop_cfg.algo.sampler,
             model=await asyncio.to_thread(_model_config, cfg, not out.json_lines),
+            rollouts=rollouts.offer() if rollouts is not None else None,
             name="coordinator",
         )
         await coordinator.register_node.ask(
@@ -506,6 +515,7 @@ async def _main(
                 publisher=publisher,
                 metrics=metrics,
                 reward_fn=rewards.client if rewards is not None else None,
+                rollouts=rollouts,
             )
             summary = await trainer.run(stop)
         finally:
@@ -524,6 +534,7 @@ async def _main(
             if rewards is not None:
                 reward_stats = await asyncio.shield(rewards.stop(metrics))
         stats = await _gather_stats(scheduler, planner, coordinator, publisher)
+        stats["rollouts"] = await rollout_stats(rollouts)
         stats["rewards"] = reward_stats
         # How long this process's event loop could not run (the heartbeat's own lag): a
         # stall here is why nodes re-join; see Transport._credit_own_stall.
@@ -565,6 +576,7 @@ async def _main(
     )
     report["spot"]["pool"] = ("external" if pool.external else "trace") if pool.enabled else None
     report["rewards"] = reward_summary(reward_stats, cfg.rewards.workers)
+    report["rollouts"] = rollout_summary(stats.get("rollouts"), "pool" if pooled else "trainer")
     if pool.external:
         report["spot"]["trace"] = None
     return report

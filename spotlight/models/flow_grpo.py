@@ -55,6 +55,7 @@ from spotlight.models.sampler import (
     Mode,
     SamplerConfig,
     TrajectoryState,
+    concat_states,
     gaussian_log_prob,
     sample,
     sde_step,
@@ -222,18 +223,60 @@ def decode(policy: DiTPolicy, states: Sequence[TrajectoryState]) -> np.ndarray:
     return images_to_uint8(policy.unpack(x_BNC))
 
 
+def regroup(
+    trajectories: Sequence[TrajectoryState],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    sampler: SamplerConfig,
+    *,
+    micro_batch: int,
+) -> tuple[list[TrajectoryState], list[list[str]]]:
+    """Finished trajectories sampled elsewhere (one per (prompt_i, seed_i), in order) as the
+    chunks of ``micro_batch`` that :func:`generate` would have made.
+
+    Checked, since a misplaced sample would silently train on another prompt's reward: each
+    trajectory must hold exactly ``seeds[i]`` and have run all ``sampler.num_steps`` steps.
+    """
+    if not (len(trajectories) == len(prompts) == len(seeds)):
+        raise ValueError(
+            f"{len(trajectories)} trajectories for {len(prompts)} prompts and {len(seeds)} seeds"
+        )
+    for i, (state, seed) in enumerate(zip(trajectories, seeds, strict=True)):
+        if state.seeds != (int(seed),) or state.step != sampler.num_steps:
+            raise ValueError(
+                f"trajectory {i} holds seeds {state.seeds} at step {state.step}; expected "
+                f"seed {seed} after {sampler.num_steps} steps"
+            )
+    parts = _chunks(len(prompts), micro_batch)
+    states = [concat_states(trajectories[sl]) for sl in parts]
+    return states, [list(prompts[sl]) for sl in parts]
+
+
 def rollout(
     policy: DiTPolicy,
     prompts: Sequence[str],
     seeds: Sequence[int],
     reward_fn: RewardFn,
     config: FlowGrpoConfig,
+    *,
+    trajectories: Sequence[TrajectoryState] | None = None,
 ) -> Rollout:
-    """SDE rollouts with log-probs for each (prompt, seed), decoded and rewarded."""
+    """SDE rollouts with log-probs for each (prompt, seed), decoded and rewarded.
+
+    ``trajectories``: the samples were already drawn elsewhere (rollout workers; see
+    :func:`regroup`); only the rewards are computed here. Their log-probs were recorded in
+    other batches than the training chunks, so the first ratio is 1 within float rounding
+    (≈1e-7), not exactly.
+    """
     t0 = time.perf_counter()
-    states, chunk_prompts = generate(
-        policy, prompts, seeds, config.sampler, micro_batch=config.micro_batch
-    )
+    if trajectories is None:
+        states, chunk_prompts = generate(
+            policy, prompts, seeds, config.sampler, micro_batch=config.micro_batch
+        )
+    else:
+        states, chunk_prompts = regroup(
+            trajectories, prompts, seeds, config.sampler, micro_batch=config.micro_batch
+        )
     t1 = time.perf_counter()
     images = decode(policy, states)
     rewards = np.asarray(reward_fn(images, list(prompts)), dtype=np.float32)
@@ -424,17 +467,19 @@ def flow_grpo_iteration(
     shuffle_seed: int = 0,
     ref_policy: DiTPolicy | None = None,
     grad_sync: GradSync | None = None,
+    trajectories: Sequence[TrajectoryState] | None = None,
 ) -> tuple[IterationStats, Rollout]:
     """Rollout → rewards → advantages → clipped update. ``prompts`` has one entry per sample
     (each prompt repeated ``group_size`` times), ``seeds`` one seed per sample. ``grad_sync``:
-    see ``train_on_rollout`` (the data-parallel trainer uses it with its own sharding)."""
+    see ``train_on_rollout`` (the data-parallel trainer uses it with its own sharding).
+    ``trajectories``: samples drawn by rollout workers instead of here (see ``rollout``)."""
     if len(prompts) != config.batch_size or len(seeds) != config.batch_size:
         raise ValueError(
             f"expected {config.batch_size} (prompt, seed) pairs "
             f"({config.prompts_per_iter} prompts × {config.group_size}), got "
             f"{len(prompts)} prompts and {len(seeds)} seeds"
         )
-    batch = rollout(policy, prompts, seeds, reward_fn, config)
+    batch = rollout(policy, prompts, seeds, reward_fn, config, trajectories=trajectories)
     advantages = group_advantages(
         batch.rewards_B, batch.prompts, std_eps=config.grpo.std_eps, clip=None
     )

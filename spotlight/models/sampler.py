@@ -281,6 +281,47 @@ class TrajectoryState:
         return torch.stack([self.log_probs[k] for k in steps])
 
 
+def concat_states(states: Sequence[TrajectoryState]) -> TrajectoryState:
+    """The states as one batch (in order); they must be at the same step.
+
+    Why: rollouts sampled apart (one request per sample, on several workers) are trained in
+    chunks; the trainer re-groups them without copying anything but the tensors.
+    """
+    if not states:
+        raise ValueError("concat_states needs at least one state")
+    step = states[0].step
+    if any(s.step != step for s in states):
+        raise ValueError(f"states are at different steps: {[s.step for s in states]}")
+    first = states[0]
+    if any(s.timesteps != first.timesteps for s in states):
+        raise ValueError("states were sampled on different schedules (timesteps differ)")
+    if len(states) == 1:
+        return first
+    return TrajectoryState(
+        seeds=tuple(seed for s in states for seed in s.seeds),
+        step=step,
+        x_BNC=torch.cat([s.x_BNC for s in states]),
+        latents=[torch.cat([s.latents[k] for s in states]) for k in range(step + 1)],
+        log_probs=[torch.cat([s.log_probs[k] for s in states]) for k in range(step)],
+        timesteps=list(first.timesteps),
+    )
+
+
+def split_state(state: TrajectoryState) -> list[TrajectoryState]:
+    """One batch-1 state per sample of ``state`` (the inverse of :func:`concat_states`)."""
+    return [
+        TrajectoryState(
+            seeds=(seed,),
+            step=state.step,
+            x_BNC=state.x_BNC[i : i + 1].clone(),
+            latents=[x[i : i + 1].clone() for x in state.latents],
+            log_probs=[lp[i : i + 1].clone() for lp in state.log_probs],
+            timesteps=list(state.timesteps),
+        )
+        for i, seed in enumerate(state.seeds)
+    ]
+
+
 def _check_mode(mode: str) -> None:
     if mode not in _MODES:
         raise ValueError(f"unknown sampler mode {mode!r}; valid modes: {', '.join(_MODES)}")

@@ -407,3 +407,35 @@ def test_a_node_found_gone_that_registers_again_from_the_same_process_is_no_pree
                 await coord.register_node.ask("s2", "spot", 1, explorer, incarnation="")
 
     arun(body())
+
+
+def test_rollout_workers_get_weights_while_their_node_is_alive() -> None:
+    """A node's rollout worker is subscribed beside its explorer, refused once the node is on
+    notice, and unsubscribed with it; the answer passes the rollout offer on as given."""
+    publisher = FakePublisher()
+    offer = {"scheduler": None, "settings": {"noise_level": 1.0}, "timing": {"pull_batch": 8}}
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            coord = await rt.spawn(
+                Coordinator,
+                name="coordinator",
+                prices=PRICES,
+                run_id="r-rollouts",
+                publisher=publisher,
+                rollouts=offer,
+            )
+            worker = await rt.spawn(Dummy, name="rollout")
+            answer = await coord.register_node.ask("a", "spot", 1, None, rt.address)
+            assert answer["rollouts"] == offer
+            assert await coord.register_rollout_worker.ask("a", worker)
+            assert ("subscribe", "a/rollout") in publisher.calls
+            with pytest.raises(RemoteError, match="unknown node 'zz'"):
+                await coord.register_rollout_worker.ask("zz", worker)
+            await coord.node_notice.ask("a", 1e12)
+            assert ("unsubscribe", "a/rollout") in publisher.calls
+            publisher.calls.clear()
+            assert not await coord.register_rollout_worker.ask("a", worker)  # on notice
+            assert ("subscribe", "a/rollout") not in publisher.calls
+
+    arun(body())

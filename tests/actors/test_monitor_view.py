@@ -140,6 +140,21 @@ def test_rewards_section_appears_once_reward_actors_report() -> None:
     assert len(lines) <= 30 and max(len(line) for line in lines) <= 100, "\n".join(lines)
 
 
+def test_rollouts_section_shows_the_spot_share_of_the_last_batch() -> None:
+    assert "Rollouts" not in to_text(synthetic_state())  # rollout.workers: trainer
+    state = synthetic_state()
+    store = MonitorStore(clock=lambda: NOW)
+    fields = {"iteration": 12, "samples": 64, "seconds": 1.234,
+              "by_worker": {"rollout_local": 40, "spot-1/rollout": 16, "spot-2/rollout": 8}}  # fmt: skip
+    store.apply([MetricRecord(time=NOW, source="trainer", topic="rollouts", fields=fields)])
+    state = dataclasses.replace(state, latest={**state.latest, **store.snapshot().latest})
+    text = to_text(state)
+    assert "Rollouts" in text
+    assert "iter 12: 64 in 1.23 s, 24 by 2 spot workers" in text, text
+    lines = text.rstrip("\n").splitlines()
+    assert len(lines) <= 30 and max(len(line) for line in lines) <= 100, "\n".join(lines)
+
+
 def test_a_rejoined_node_is_neither_a_notice_nor_a_silent_preemption() -> None:
     store = MonitorStore(MonitorConfig(), clock=lambda: NOW)
     recs = [

@@ -1,0 +1,116 @@
+"""The spot node's agent on a notice: tells the coordinator, drains the explorer and the
+rollout worker side by side, and reports both in one DrainReport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from spotlight.actors.rollout import DrainReport
+from spotlight.actors.spot_node import NodeAgent, merge_drain_reports
+from spotlight.runtime import Actor, Runtime, endpoint
+from tests.runtime.helpers import FAST, arun
+
+
+def _report(worker: str, released: int, abandoned: int, snapshots: dict[str, int]) -> DrainReport:
+    return DrainReport(
+        worker_id=worker,
+        released=released,
+        snapshots=snapshots,
+        finished_inflight=not abandoned,
+        abandoned_steps=abandoned,
+        seconds=0.1,
+    )
+
+
+class FakeCoordinator(Actor):
+    def __init__(self) -> None:
+        self.notices: list[str] = []
+
+    @endpoint
+    async def node_notice(self, node_id: str, deadline: float) -> None:
+        self.notices.append(node_id)
+
+    @endpoint
+    async def seen(self) -> list[str]:
+        return self.notices
+
+
+class FakeWorker(Actor):
+    def __init__(self, report: DrainReport | None, delay_s: float = 0.0) -> None:
+        self.report = report
+        self.delay_s = delay_s
+
+    @endpoint
+    async def drain(self, deadline: float) -> DrainReport:
+        await asyncio.sleep(self.delay_s)  # stands for finishing a step
+        if self.report is None:
+            raise ValueError("drain broke")
+        return self.report
+
+
+def test_notice_drains_both_workers_concurrently_into_one_report() -> None:
+    explorer_report = _report("n1", released=3, abandoned=0, snapshots={})
+    rollout_report = _report("n1/rollout", released=2, abandoned=4, snapshots={"r3.1": 2})
+
+    async def body() -> tuple[DrainReport, float, list[str]]:
+        async with Runtime(FAST) as rt:
+            coord = await rt.spawn(FakeCoordinator, name="coordinator")
+            explorer = await rt.spawn(FakeWorker, explorer_report, 0.5, name="explorer")
+            rollout = await rt.spawn(FakeWorker, rollout_report, 0.5, name="rollout")
+            agent = await rt.spawn(
+                NodeAgent,
+                name="node",
+                node_id="n1",
+                explorer=explorer,
+                rollout=rollout,
+                coordinator=coord,
+                call_timeout_s=5.0,
+            )
+            t0 = time.monotonic()
+            report = await agent.drain.ask(time.time() + 10.0)
+            took = time.monotonic() - t0
+            return report, took, await coord.seen.ask()
+
+    report, took, notices = arun(body())
+    assert notices == ["n1"]
+    assert took < 0.9, f"the two drains ran one after the other ({took:.2f} s)"
+    assert report.worker_id == "n1" and report.released == 5
+    assert report.snapshots == {"r3.1": 2} and report.abandoned_steps == 4
+    assert not report.finished_inflight
+
+
+def test_merged_report_says_a_failed_release_and_a_lone_report_is_kept() -> None:
+    a = _report("n", released=-1, abandoned=0, snapshots={})
+    b = _report("n/rollout", released=2, abandoned=0, snapshots={"x": 1})
+    assert merge_drain_reports("n", [a, b]).released == -1  # lease expiry takes over
+    assert merge_drain_reports("n", [b]) is b
+
+
+def test_a_failed_drain_is_logged_and_the_other_workers_report_stands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The node must still leave before its deadline: one worker's broken drain (its leases
+    then expire and resume elsewhere) does not cost the other's report."""
+
+    async def body() -> DrainReport:
+        async with Runtime(FAST) as rt:
+            coord = await rt.spawn(FakeCoordinator, name="coordinator")
+            explorer = await rt.spawn(FakeWorker, _report("n", 1, 0, {}), name="explorer")
+            broken = await rt.spawn(FakeWorker, None, name="rollout")
+            agent = await rt.spawn(
+                NodeAgent,
+                name="node",
+                node_id="n",
+                explorer=explorer,
+                rollout=broken,
+                coordinator=coord,
+                call_timeout_s=5.0,
+            )
+            return await agent.drain.ask(time.time() + 10.0)
+
+    report = arun(body())
+    assert report.worker_id == "n" and report.released == 1
+    assert "drain of rollout failed" in caplog.text and "drain broke" in caplog.text
