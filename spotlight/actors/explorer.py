@@ -256,6 +256,8 @@ class ExplorerStats:
     """Weight versions whose tensors did not fit the model config (see :func:`weights_fit`)."""
     failed_batches: int = 0
     """Batches the sampling backend lost (:class:`SamplingFailed`); their leases went back."""
+    pauses: int = 0
+    """Pulls skipped because the node's rollout worker held the trainer's requests."""
     sampling: dict[str, Any] | None = None
     """The sampling backend's state: ``{"backend": "thread", "degree": 1}`` or the SP group's
     epoch, degree, members and re-forms (see ``sp_explore.SPBackend.statistics``)."""
@@ -305,13 +307,16 @@ class ExplorerActor(Actor):
         announce_to: ActorRef | None = None,
         inbox: WeightInbox | None = None,
         backend: BackendFactory | None = None,
+        pause_while: Callable[[], bool] | None = None,
     ) -> None:
         """``model``: the trainer's policy config, as a :class:`DiTConfig`, a name, or the
         dict of ``register_node``'s answer (see :func:`model_config`). ``inbox``: the chunk
         assembler behind ``weight_chunk`` (default: a new
         :class:`~spotlight.actors.weight_publish.WeightInbox`). ``backend``: builds where the
         sampling pass runs from the policy and reward (default: :class:`ThreadBackend`, SP
-        degree 1; a spot node with an SP group passes ``sp_explore.SPBackend``'s)."""
+        degree 1; a spot node with an SP group passes ``sp_explore.SPBackend``'s).
+        ``pause_while``: pull nothing while it is true (a spot node's rollout worker holds
+        the trainer's requests); a batch already sampling finishes."""
         self.scheduler = scheduler
         self.worker_id = worker_id
         self.model = model_config(model)
@@ -321,6 +326,7 @@ class ExplorerActor(Actor):
         self.policy: DiTPolicy | None = None
         self._reward: Any = None
         self._backend_factory: BackendFactory = backend or ThreadBackend
+        self._pause_while = pause_while
         self.backend: SamplingBackend | None = None
         self._wake = asyncio.Event()
         self._holding: set[str] = set()
@@ -335,6 +341,7 @@ class ExplorerActor(Actor):
             "chunks_ignored": 0,
             "rejected": 0,
             "failed_batches": 0,
+            "paused": 0,
         }
         self._inbox = inbox if inbox is not None else WeightInbox()
         self._draining = False
@@ -483,6 +490,7 @@ class ExplorerActor(Actor):
             draining=self._draining,
             versions_rejected=self._n["rejected"],
             failed_batches=self._n["failed_batches"],
+            pauses=self._n["paused"],
             sampling=None if self.backend is None else await self.backend.statistics(),
         )
 
@@ -525,6 +533,10 @@ class ExplorerActor(Actor):
                 await self._wait_wake(self.settings.idle_pull_s * 10)
                 continue
             await self._apply_newest()
+            if self._pause_while is not None and self._pause_while():
+                self._n["paused"] += 1
+                await self._wait_wake(self.settings.idle_pull_s)
+                continue
             try:
                 leases: list[Lease] = await self.scheduler.pull.ask(
                     self.worker_id, self.settings.pull_batch, timeout=self.settings.call_timeout_s

@@ -5,11 +5,18 @@ Map (one actor; two tasks it owns, both cancelled in ``on_stop``)::
     scheduler ◄──pull/commit/complete── _loop task ──asyncio.to_thread──► advance() (torch)
     scheduler ◄──renew(progress)─────── _heartbeat task (every heartbeat_s)
     preemption handler ──drain(deadline)──► endpoint: stop pulling, park or abandon, release
+    publisher ──weight_chunk / load_weights──► WeightSlot (applied while holding nothing)
 
 * ``_loop`` waits on: a ``pull`` ask when it holds nothing (empty answer: waits
-  ``idle_pull_s`` or until woken by ``drain``); one denoising step in a worker thread
-  (never on the event loop); a ``commit`` every ``commit_interval`` steps and a
-  ``complete`` at the end. Requests held together advance round-robin, one step each.
+  ``idle_pull_s`` or until woken by ``drain`` or new weights); one denoising step in a
+  worker thread (never on the event loop); a ``commit`` every ``commit_interval`` steps and
+  a ``complete`` at the end. Requests held together advance round-robin, one step each, or
+  with ``batch_held`` those at the same step in one forward pass.
+* Weight versions: a request may name the version that must sample it (a trainer rollout:
+  θ_k). The worker's version is its owner's (``version``, the trainer's own worker) or the
+  last published one it applied (a spot node's). Holding a request for another version, it
+  releases everything it holds (with progress) and waits for weights, so a rollout is
+  never sampled with the wrong policy; new weights are applied only between requests.
 * ``_heartbeat`` renews every lease it holds and reports the step each has reached (so the
   scheduler can count recomputed steps); an answer of 0 while it holds leases means the
   scheduler no longer knows them (expired, or the scheduler restarted): they are dropped.
@@ -17,9 +24,9 @@ Map (one actor; two tasks it owns, both cancelled in ``on_stop``)::
   the worker does not run past an unacknowledged commit, so a scheduler outage costs at
   most ``commit_interval`` steps per request.
 
-Each request is one trajectory of batch 1, whose noise is a pure function of
-``(seed, step)``: resumed from any snapshot on any worker it is bit-identical to an
-uninterrupted run (forward passes of batch 1 do not depend on what else a worker runs).
+Each request is one trajectory whose noise is a pure function of ``(seed, step)``: resumed
+from any snapshot on any worker it is bit-identical to an uninterrupted run when sampled as
+a batch of 1 (the default), equal within float rounding (≈1e-7) with ``batch_held``.
 
 Back-pressure: a worker holds at most ``pull_batch`` requests and pulls only when empty.
 
@@ -57,7 +64,7 @@ from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
 
-__all__ = ["DrainReport", "RolloutSettings", "RolloutWorker", "WorkerStats"]
+__all__ = ["DrainReport", "Occupancy", "RolloutSettings", "RolloutWorker", "WorkerStats"]
 
 log = logging.getLogger("spotlight.actors.rollout")
 
@@ -155,6 +162,20 @@ class WorkerStats:
     """Forward passes run (each advances one or, with ``batch_held``, several requests)."""
 
 
+class Occupancy:
+    """Whether a node's rollout worker holds requests; the node's explorer steps aside
+    meanwhile (rollouts are the trainer's critical path, exploration is not)."""
+
+    def __init__(self) -> None:
+        self._count: Callable[[], int] = lambda: 0
+
+    def bind(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def busy(self) -> bool:
+        return self._count() > 0
+
+
 @dataclass
 class _Held:
     lease: Lease
@@ -186,13 +207,16 @@ class RolloutWorker(Actor):
         clock: Callable[[], float] = time.monotonic,
         version: Callable[[], int | None] | None = None,
         wait_for_weights: bool = False,
+        occupancy: Occupancy | None = None,
     ) -> None:
         """``version``: the weight version of ``model`` as its owner updates it (the trainer's
         own worker: the trainer's iteration, read between requests). Without it the worker's
         version is the last one it applied from ``load_weights``/``weight_chunk`` (a spot
         node's worker, subscribed to the weight publisher), None until the first.
         ``wait_for_weights``: pull nothing before the first version has arrived (a model
-        built with random weights must not sample anything, not even version-free work)."""
+        built with random weights must not sample anything, not even version-free work).
+        ``occupancy``: told how many requests this worker holds (its node's explorer reads
+        it)."""
         self.scheduler = scheduler
         self.worker_id = worker_id
         self.policy = model
@@ -201,6 +225,8 @@ class RolloutWorker(Actor):
         self._clock = clock
         self._version_fn = version
         self._wait_for_weights = wait_for_weights
+        if occupancy is not None:
+            occupancy.bind(lambda: len(self._held))
         self.slot = WeightSlot()
         self._inbox = WeightInbox()
         self._held: dict[str, _Held] = {}

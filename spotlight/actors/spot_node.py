@@ -41,9 +41,10 @@ step boundary with the release) side by side. SIGKILL runs nothing: the coordina
 peer loss (a silent preemption); lease expiry re-queues the explorer's seeds and resumes the
 rollouts from their last commits.
 
-The rollout worker and the explorer share the node's cores: the pull scheduler gives a
-rollout request to whichever worker is free, the explorer keeps exploring meanwhile (a
-rollout worker at SP degree 1 in this process, whatever ``--sp-degree`` says).
+The rollout worker and the explorer share the node's cores: while the rollout worker holds
+requests (the trainer waits on them) the explorer pulls nothing new, and explores again once
+they are done, i.e. while the trainer trains (the paper's schedule). The rollout worker
+samples at SP degree 1 in this process, whatever ``--sp-degree`` says.
 
 Every wait is bounded: registration by ``--register-timeout-s``, each coordinator call by
 ``--call-timeout-s`` (and by the notice deadline on the way out).
@@ -66,7 +67,7 @@ from typing import Any
 from spotlight.actors.coordinator import sampler_from_dict
 from spotlight.actors.explorer import ExplorerActor, ExploreSettings, model_config
 from spotlight.actors.preemption import PreemptionHandler, PreemptionReport
-from spotlight.actors.rollout import DrainReport, RolloutWorker
+from spotlight.actors.rollout import DrainReport, Occupancy, RolloutWorker
 from spotlight.actors.sampling_backend import BackendFactory
 from spotlight.actors.sp_explore import NodeSPConfig, SPBackend
 from spotlight.runtime import Actor, ActorRef, Runtime, RuntimeConfig, endpoint
@@ -240,9 +241,11 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
                 f"{args.sp_degree}) ready: pids {sp.member_pids}",
                 flush=True,
             )
+        occupancy = Occupancy()  # the explorer steps aside while rollouts are held
         explorer = await rt.spawn(
             ExplorerActor,
             name="explorer",
+            pause_while=occupancy.busy,
             scheduler=answer["scheduler"],
             worker_id=args.node_id,
             model=model,
@@ -254,7 +257,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             is None
         ):
             return 1
-        rollout = await _start_rollout_worker(rt, args, model, answer.get("rollouts"))
+        rollout = await _start_rollout_worker(rt, args, model, answer.get("rollouts"), occupancy)
         if rollout is not None:
             await _register_rollout(coordinator, args, rollout)
         agent = await rt.spawn(
@@ -325,7 +328,11 @@ async def _start_sp_group(rt: Runtime, args: argparse.Namespace, model: Any) -> 
 
 
 async def _start_rollout_worker(
-    rt: Runtime, args: argparse.Namespace, model: Any, offer: dict[str, Any] | None
+    rt: Runtime,
+    args: argparse.Namespace,
+    model: Any,
+    offer: dict[str, Any] | None,
+    occupancy: Occupancy,
 ) -> ActorRef | None:
     """The node's rollout worker when the coordinator offers rollouts, else None."""
     if not offer or offer.get("scheduler") is None:
@@ -342,6 +349,7 @@ async def _start_rollout_worker(
         timing=offer["timing"],
         settings=offer["settings"],
         wait_for_weights=True,
+        occupancy=occupancy,
     )
 
 

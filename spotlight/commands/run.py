@@ -440,7 +440,11 @@ async def _main(
 
         publisher = WeightPublisher()
         rollouts = (
-            await start_rollout_pool(rt, cfg.rollout, loop_cfg.algo.sampler) if pooled else None
+            await start_rollout_pool(
+                rt, cfg.rollout, loop_cfg.algo.sampler, commits=cfg.spot.fault_mode == "elastic"
+            )
+            if pooled
+            else None
         )
         from spotlight.actors.coordinator import Coordinator
 

@@ -23,9 +23,13 @@ IDLE_PULL_S = 0.05
 
 
 async def start_rollout_pool(
-    rt: Runtime, section: RolloutSection, sampler: SamplerConfig
+    rt: Runtime, section: RolloutSection, sampler: SamplerConfig, *, commits: bool = True
 ) -> RolloutPool:
-    """The rollout scheduler in ``rt``, its workers sampling exactly as ``sampler`` does."""
+    """The rollout scheduler in ``rt``, its workers sampling exactly as ``sampler`` does.
+
+    ``commits=False`` is the checkpoint/restart baseline (``spot.fault_mode: restart``):
+    workers never commit and hand nothing back, so a lost request starts over from step 0,
+    as a TorchElastic-style restart of the sampling job would."""
     from spotlight.actors.rollout import RolloutSettings
     from spotlight.actors.rollout_pool import RolloutPool
     from spotlight.actors.scheduler import SchedulingConfig
@@ -38,7 +42,7 @@ async def start_rollout_pool(
         idle_pull_s=IDLE_PULL_S,
         call_timeout_s=CALL_TIMEOUT_S,
     )
-    settings = RolloutSettings.like(sampler, batch_held=True)
+    settings = RolloutSettings.like(sampler, batch_held=True, checkpoint=commits)
     return await RolloutPool.start(rt, timing, settings=settings, timeout_s=section.timeout_s)
 
 

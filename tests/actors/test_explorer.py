@@ -377,3 +377,40 @@ def test_an_explorer_of_the_micro_config_explores_micro_weights() -> None:
             assert all(0.0 <= r.reward <= 1.0 and not r.skipped for r in results)
 
     arun(body())
+
+
+def test_explorer_steps_aside_while_the_nodes_rollout_worker_is_busy() -> None:
+    """``pause_while`` true (the node's rollout worker holds the trainer's requests): no
+    explore request is pulled; once false, the queued seeds are explored."""
+    from spotlight.actors.rollout import Occupancy
+    from tests.micro import MICRO
+
+    held = [3]
+    occupancy = Occupancy()
+    occupancy.bind(lambda: held[0])
+
+    async def body() -> None:
+        async with Runtime(FAST) as rt:
+            sched = await rt.spawn(SchedulerActor, name="xs", config=SchedulingConfig())
+            explorer = await rt.spawn(
+                ExplorerActor,
+                name="e0",
+                scheduler=sched,
+                worker_id="e0",
+                model=MICRO.to_dict(),
+                settings=ExploreSettings(pull_batch=4, micro_batch=4, idle_pull_s=0.02),
+                pause_while=occupancy.busy,
+            )
+            assert await explorer.load_weights.ask(1, build_policy(MICRO, seed=4).state_dict())
+            await sched.submit.ask(_requests("p", 4, deadline=None))
+            for _ in range(200):  # wait on the explorer's own count, not on time
+                if (await explorer.statistics.ask()).pauses >= 5:
+                    break
+                await asyncio.sleep(0.01)
+            stats = await sched.statistics.ask()
+            assert stats.leases.leases_granted == 0 and stats.queue_depth == 4
+            held[0] = 0  # the rollouts are done: exploration resumes
+            results = await _collect(sched, "x/p")
+            assert len(results) == 4 and not any(r.skipped for r in results)
+
+    arun(body())
