@@ -7,13 +7,16 @@ Writes ``benchmarks/results/e2e.json`` (``--quick``: ``runs/bench_e2e_quick/e2e_
 `spotlight run` on the same spot trace, prices, on-demand capacity and base model (the
 cached tiny base; never rebuilt here):
 
-``ondemand``   ``--no-spot --seeds random``: plain random-seed Flow-GRPO on the on-demand
-               node only (what users run today).
-``restart``    spot explorers with TorchElastic-style checkpoint/restart
+``ondemand``   ``--no-spot --seeds random``, ``rollout.workers=trainer``: plain random-seed
+               Flow-GRPO on the on-demand node only, sampling in the trainer (what users
+               run today).
+``restart``    spot explorers and rollout workers with TorchElastic-style checkpoint/restart
                (``spot.fault_mode=restart``, spotlight/actors/restart_pool.py): a notice or
                loss of any spot node kills every running spot node and starts it again;
-               each reloads the weights and its in-flight exploration is lost and re-done.
-``spotlight``  the default elastic pool: a noticed node drains and leaves, the rest go on.
+               each reloads the weights and its in-flight exploration and rollouts (never
+               committed) are lost and re-done.
+``spotlight``  the default elastic pool: a noticed node drains (committing its in-flight
+               rollouts) and leaves, the rest go on.
 
 Every run is a child process (``--child``); each mode's run directory is kept under
 ``--cache`` (default ``runs/bench_e2e[_quick]/<mode>``) with the settings it ran with, so the
@@ -144,6 +147,7 @@ def run_args(mode: str, settings: dict[str, Any], run_dir: Path, base: str) -> l
     args = ["--run-dir", str(run_dir), "--no-live", "--json"]
     if mode == "ondemand":
         args += ["--no-spot", "--seeds", "random"]
+        sets.append("rollout.workers=trainer")
     else:
         args += ["--seeds", "explored"]
         sets.append(f"spot.fault_mode={'restart' if mode == 'restart' else 'elastic'}")

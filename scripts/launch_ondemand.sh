@@ -69,9 +69,20 @@
 # Stopping: SIGINT/SIGTERM (Ctrl-C) to this script reach torchrun (it execs; its workers run
 # in sessions of their own, so only torchrun sees the terminal's signal), which forwards
 # them once to every worker: rank 0 stops after the iteration with a checkpoint and writes
-# its report; a second Ctrl-C stops at once. torchrun itself then exits 1 with a
-# SignalException traceback even though the run ended cleanly: look at RUN_DIR/report.json.
-# `spotlight run --stop-file F` stops the same way once F exists, and the launch exits 0.
+# its report, the other ranks stop with it; a second Ctrl-C stops at once. Signal every
+# node's launch (a scheduler does): a node's ranks only stop when rank 0 does.
+# `spotlight run --stop-file F` stops the same way once F exists.
+#
+# Exit status (torchrun runs in spotlight.commands.run_torchrun, which decides it from an
+# exit record each of this node's workers writes as its `spotlight run` returns):
+#   0        the run ended, or it stopped cleanly after a signal: every worker of this
+#            node finished its stop and exited 0
+#   1        torchrun failed without a signal: a worker failed (its ChildFailedError
+#            names the rank and the error), or the rendezvous did
+#   128+sig  a signal (130 SIGINT, 143 SIGTERM) and a worker did not stop cleanly: it
+#            crashed, exited non-zero (e.g. after a second Ctrl-C), or was SIGKILLed past
+#            --shutdown-timeout; the line before says which local rank
+#   2        a bad launcher option
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -121,8 +132,9 @@ if [[ -z "$python" ]]; then
 fi
 command -v "$python" >/dev/null || die "no python at '$python' (set --python or SPOTLIGHT_PYTHON)"
 
-launcher=("$python" -m torch.distributed.run --nnodes "$nnodes" --nproc-per-node "$nproc"
-    --shutdown-timeout "$shutdown_timeout" --max-restarts 0)
+# torchrun itself, with the exit status below (spotlight/commands/run_torchrun.py)
+launcher=("$python" -m spotlight.commands.run_torchrun --nnodes "$nnodes"
+    --nproc-per-node "$nproc" --shutdown-timeout "$shutdown_timeout" --max-restarts 0)
 if [[ "$nnodes" -eq 1 && -z "$rdzv_endpoint" ]]; then
     launcher+=(--standalone)
 else

@@ -30,6 +30,7 @@ from spotlight.commands.run_cluster import (
     runtime_config,
     write_atomic,
 )
+from spotlight.commands.run_torchrun import EXIT_DIR_ENV, exit_status, record_exit
 
 REPO = Path(__file__).resolve().parent.parent
 ONDEMAND = REPO / "scripts" / "launch_ondemand.sh"
@@ -120,6 +121,37 @@ def test_external_pool_view_bills_lifetimes_and_counts_the_coordinators_tally() 
     assert trace is None and stats.adds == 0
 
 
+def test_exit_status_after_a_signal_is_0_only_when_every_local_worker_recorded_0(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(EXIT_DIR_ENV, str(tmp_path))
+    for local_rank, code in ((0, 0), (1, 130)):
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+        record_exit(code)
+    records = [json.loads(p.read_text()) for p in sorted(tmp_path.iterdir())]
+    assert records == [
+        {"local_rank": 0, "local_world_size": 3, "code": 0},
+        {"local_rank": 1, "local_world_size": 3, "code": 130},
+    ]
+    sigint, sigterm = signal.SIGINT, signal.SIGTERM
+    assert exit_status(sigint, records[:1]) == (
+        130,
+        ["local rank 1 left no record", "local rank 2 left no record"],
+    )
+    assert exit_status(sigterm, records) == (
+        143,
+        ["local rank 1 exited 130", "local rank 2 left no record"],
+    )
+    clean = [{"local_rank": r, "local_world_size": 2, "code": 0} for r in (1, 0)]
+    assert exit_status(sigint, clean) == (0, [])
+    assert exit_status(sigint, clean[:1]) == (130, ["local rank 0 left no record"])
+    assert exit_status(sigterm, []) == (143, ["no worker left an exit record"])
+    monkeypatch.delenv(EXIT_DIR_ENV)
+    record_exit(0)  # outside the launcher: nothing written
+    assert len(list(tmp_path.iterdir())) == 2
+
+
 def test_launcher_help_and_argument_errors() -> None:
     for script in (ONDEMAND, SPOT):
         out = subprocess.run(
@@ -130,7 +162,7 @@ def test_launcher_help_and_argument_errors() -> None:
         [str(ONDEMAND), "--dry-run", "--nproc-per-node", "2", "--", "--no-spot"],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
-    assert "torch.distributed.run" in dry and "--nproc-per-node 2" in dry
+    assert "spotlight.commands.run_torchrun" in dry and "--nproc-per-node 2" in dry
     assert "--standalone" in dry and dry.rstrip().endswith("-m spotlight.cli run --no-spot")
     dry = subprocess.run(
         [str(ONDEMAND), "--dry-run", "--nnodes", "2", "--node-rank", "1",
@@ -366,30 +398,62 @@ def test_two_rank_torchrun_launch_without_spot(
     assert worlds == {2}  # the iterations ran data parallel over both ranks
 
 
+def _start_endless_run(
+    procs: Procs, base: Path, run_dir: Path, launcher: list[str], run: list[str] | None = None
+) -> None:
+    """A launch that iterates until stopped; returns once it has done an iteration."""
+    procs.start(
+        "ondemand",
+        [str(ONDEMAND), *launcher, "--", "--no-spot", "--json", "--no-live",
+         "--iterations", "100000", "--run-dir", str(run_dir), "--set", f"trainer.base={base}",
+         "--set", "run.val_every=100000", "--set", "run.ckpt_every=100000", *SMALL,
+         *(run or [])],
+    )  # fmt: skip
+    _wait_for("an iteration", lambda: _iteration(run_dir / "metrics.jsonl") >= 1,
+              timeout=200, procs=procs, main="ondemand")  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_terminal_ctrl_c_under_torchrun_stops_gracefully(
-    micro_base: Path, tmp_path: Path, procs: Procs
+@pytest.mark.parametrize(
+    ("nproc", "signum"),
+    [(1, signal.SIGINT), (2, signal.SIGTERM)],
+    ids=["1-rank-SIGINT", "2-rank-SIGTERM"],
+)
+def test_signal_under_torchrun_stops_gracefully_and_exits_0(
+    micro_base: Path, tmp_path: Path, procs: Procs, nproc: int, signum: signal.Signals
 ) -> None:
-    """SIGINT to the launch's process group, as a terminal's Ctrl-C: torchrun forwards it
-    (its workers have sessions of their own) and rank 0 stops after the iteration with a
-    checkpoint and a report, not at once as after a second Ctrl-C."""
-    run_dir, ready = tmp_path / "run", tmp_path / "coord.addr"
-    metrics = run_dir / "metrics.jsonl"
-    proc = procs.start(
-        "ondemand",
-        [str(ONDEMAND), "--", "--no-spot", "--json", "--no-live", "--iterations", "100000",
-         "--run-dir", str(run_dir), "--ready-file", str(ready),
-         "--set", f"trainer.base={micro_base}", "--set", "run.val_every=100000",
-         "--set", "run.ckpt_every=100000", *SMALL],
-    )  # fmt: skip
-    _wait_for("an iteration", lambda: _iteration(metrics) >= 1, timeout=200, procs=procs,
-              main="ondemand")  # fmt: skip
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=120)  # torchrun exits 1 after a signal (SignalException), by design
+    """A signal to the launch's process group, as a terminal's Ctrl-C (or a scheduler's
+    SIGTERM): torchrun forwards it (its workers have sessions of their own), rank 0 stops
+    after the iteration with a checkpoint and a report, not at once as after a second
+    Ctrl-C, rank 1 stops with it, and the launch exits 0 (torchrun alone exits 1)."""
+    run_dir = tmp_path / "run"
+    _start_endless_run(procs, micro_base, run_dir, ["--nproc-per-node", str(nproc)])
+    os.killpg(procs.started["ondemand"].pid, signum)
+    assert procs.started["ondemand"].wait(timeout=120) == 0, procs.log("ondemand")
     log = (tmp_path / "ondemand.log").read_text()
     assert "stopping after this iteration" in log and "interrupted; spot nodes" not in log
+    assert f"launch: {signum.name}: every worker stopped cleanly" in log
     report = json.loads((run_dir / "report.json").read_text())
     assert report["interrupted"] and report["stopped_early"] and report["iterations"] >= 1
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     assert state["iteration"] == report["iterations"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_signal_under_torchrun_exits_128_plus_signal_when_a_worker_is_killed(
+    micro_base: Path, tmp_path: Path, procs: Procs
+) -> None:
+    """--shutdown-timeout 0: torchrun SIGKILLs the workers right after forwarding SIGTERM, so
+    no worker finishes its stop: the launch exits 128 + SIGTERM, not 0. Rewards in process:
+    a SIGKILLed rank 0 cannot reap reward worker processes."""
+    run_dir = tmp_path / "run"
+    _start_endless_run(
+        procs, micro_base, run_dir, ["--shutdown-timeout", "0"], ["--set", "rewards.workers=0"]
+    )
+    os.killpg(procs.started["ondemand"].pid, signal.SIGTERM)
+    assert procs.started["ondemand"].wait(timeout=120) == 128 + signal.SIGTERM
+    log = procs.log("ondemand")
+    assert "launch: SIGTERM: not a clean stop (no worker left an exit record)" in log
+    assert not (run_dir / "report.json").exists()

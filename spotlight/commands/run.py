@@ -29,7 +29,8 @@ Shutdown order: trainer stops (end, time budget, or first Ctrl-C: after its iter
 a checkpoint) -> replay cancelled -> every spot process killed and reaped by PID -> reward
 workers' statistics asked, workers killed and reaped by PID -> weight
 streams and metrics flushed -> report -> runtime shut down. A second Ctrl-C cancels at once
-(spot processes are still killed by PID on the way out).
+(spot processes are still killed by PID on the way out). Under torchrun every rank gets the
+signal: a follower ignores the first and stops when rank 0 broadcasts the stop.
 
 Report (RUN_DIR/report.json, and printed): iterations, validation scores, exploration
 (explored vs fallback seeds), preemptions survived and work lost, and a cost table: this
@@ -55,6 +56,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +69,7 @@ from spotlight.commands.run_cluster import (
 )
 from spotlight.commands.run_rewards import RunRewards, reward_summary
 from spotlight.commands.run_rollouts import rollout_stats, rollout_summary, start_rollout_pool
+from spotlight.commands.run_torchrun import record_exit
 from spotlight.system_config import ConfigError, SystemConfig, load_config
 
 if TYPE_CHECKING:
@@ -89,8 +92,9 @@ ckpt_every, seed, run_dir), trainer (seeds: random|explored, base, reward, lr, g
 prompts_per_iter, objective: flow_grpo|nft, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale,
 notice_s, gpus_per_node, sp_degree, ondemand_gpus, ...), prices (preset, ondemand_usd_per_gpu_hour,
 spot_usd_per_gpu_hour), rewards (workers: reward worker processes, 0 = in process;
-actors_per_worker, chunk_images, timeout_s, start_timeout_s). An unknown key is an error
-that lists the valid ones.
+actors_per_worker, chunk_images, timeout_s, start_timeout_s), rollout (workers:
+auto|pool|trainer, where the trainer's samples are drawn; pull_batch, commit_interval,
+lease_ttl_s, timeout_s). An unknown key is an error that lists the valid ones.
 spot.ondemand_gpus (on-demand GPUs billed) defaults to the trainer's world size: 1 here,
 torchrun's WORLD_SIZE under scripts/launch_ondemand.sh; set it when GPUs and ranks differ
 (e.g. --set spot.ondemand_gpus=8 for one process on an 8-GPU node).
@@ -390,31 +394,28 @@ async def _main(
     loop_cfg = trainer_loop_config(cfg)
     pooled = cfg.rollout.pooled(ctx.world)  # every rank refuses a bad combination alike
     if ctx.rank != 0:  # a data-parallel follower: no runtime, rank 0 drives
-        follower = await TrainerLoop(loop_cfg, run_dir, resume=resume, ctx=ctx).run()
+        # torchrun forwards a signal to every rank: a follower goes on until rank 0 (signalled
+        # too) broadcasts the stop after the iteration; a second signal stops it at once.
+        _on_interrupts(lambda: None)
+        try:
+            follower = await TrainerLoop(loop_cfg, run_dir, resume=resume, ctx=ctx).run()
+        finally:
+            _remove_interrupt_handlers()
         return {"rank": ctx.rank, "iterations": follower.iterations}
     cfg = resolve_ondemand_gpus(cfg, ctx.world)
 
     stop = asyncio.Event()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    interrupts: list[int] = []
 
-    def on_signal(signum: int) -> None:
-        interrupts.append(signum)
-        if len(interrupts) == 1:
-            print(
-                "spotlight run: stopping after this iteration (checkpoint, spot nodes "
-                "killed); Ctrl-C again to stop now",
-                file=sys.stderr,
-                flush=True,
-            )
-            stop.set()
-        else:
-            main_task.cancel("second interrupt")
+    def stop_after_iteration() -> None:
+        print(
+            "spotlight run: stopping after this iteration (checkpoint, spot nodes "
+            "killed); Ctrl-C again to stop now",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop.set()
 
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    interrupts = _on_interrupts(stop_after_iteration)
 
     prices = cfg.prices.build()
     t0, t0_wall = time.monotonic(), time.time()
@@ -554,8 +555,7 @@ async def _main(
             view.cancel("run finished")
             with contextlib.suppress(asyncio.CancelledError):
                 await view
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(signum)
+    _remove_interrupt_handlers()
     assert summary is not None
     from spotlight.commands.run_report import build_report
 
@@ -586,6 +586,32 @@ async def _main(
     return report
 
 
+def _on_interrupts(first: Callable[[], None]) -> list[int]:
+    """SIGINT/SIGTERM on the running loop: the first calls ``first``, a second cancels the
+    current task (stop now). Returns the signals received, appended as they come."""
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            first()
+        else:
+            main_task.cancel("second interrupt")
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return received
+
+
+def _remove_interrupt_handlers() -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+
+
 async def _gather_stats(
     scheduler: Any, planner: Any, coordinator: Any, publisher: Any
 ) -> dict[str, Any]:
@@ -605,7 +631,15 @@ async def _gather_stats(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the system; 0 when the trainer reached its end (or stopped cleanly on request)."""
+    """Run the system; 0 when the trainer reached its end (or stopped cleanly on request).
+    Under scripts/launch_ondemand.sh the status is also recorded for the launcher's own exit
+    status (run_torchrun.py); a crash records nothing."""
+    code = _run(args)
+    record_exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     import uvloop
 
     try:
