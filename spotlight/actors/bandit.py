@@ -135,17 +135,22 @@ class ExplorationBudget:
         elapsed_in_iteration_s: float,
         spot_gpus: int,
         safety: float = 0.8,
+        recent_busy_s: Sequence[float] = (),
     ) -> ExplorationBudget:
         """Budget from the trainer's measured iteration times and the spot GPUs alive now.
 
         The median of recent iterations predicts when the next batch is due; ``safety`` keeps
         a margin for stragglers, because a late exploration falls back rather than waits.
+        ``recent_busy_s``: how long the spot GPUs served the trainer's rollouts at the start
+        of recent iterations (the rollout pool); exploration only has the time after that.
         """
         if not recent_iteration_s:
             raise ValueError("need at least one measured iteration time to predict a budget")
         if not 0 < safety <= 1:
             raise ValueError(f"safety={safety} must be in (0, 1]")
-        remaining = max(0.0, float(np.median(recent_iteration_s)) - elapsed_in_iteration_s)
+        busy_until = float(np.median(recent_busy_s)) if len(recent_busy_s) else 0.0
+        free_from = max(elapsed_in_iteration_s, busy_until)
+        remaining = max(0.0, float(np.median(recent_iteration_s)) - free_from)
         return cls(gpu_seconds=remaining * max(0, spot_gpus) * safety)
 
 

@@ -366,6 +366,7 @@ class PlannerActor(Actor):
         self._clock = clock
         self._seed = seed
         self._iteration_s: list[float] = []
+        self._busy_s: list[float] = []
         self._sps = self.config.bandit.seconds_per_seed
         self._sps_measured = False
         """False until an explorer reported a seed's cost (``_sps`` is the configured guess)."""
@@ -430,11 +431,15 @@ class PlannerActor(Actor):
         return dict(self._explorers)
 
     @endpoint
-    async def record_iteration(self, seconds: float) -> None:
-        """A measured trainer iteration time (the budget predictor uses the recent median)."""
+    async def record_iteration(self, seconds: float, spot_busy_s: float = 0.0) -> None:
+        """A measured trainer iteration time (the budget predictor uses the recent median),
+        and how much of its start the spot GPUs spent on its rollouts (not exploring)."""
         if not (math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"iteration time {seconds} must be a finite number > 0")
+        if not (math.isfinite(spot_busy_s) and spot_busy_s >= 0):
+            raise ValueError(f"spot_busy_s {spot_busy_s} must be a finite number >= 0")
         self._iteration_s = [*self._iteration_s[-9:], float(seconds)]
+        self._busy_s = [*self._busy_s[-9:], float(spot_busy_s)]
 
     @endpoint
     async def set_spot_gpus(self, n: int) -> None:
@@ -472,6 +477,7 @@ class PlannerActor(Actor):
             elapsed_in_iteration_s=now - started,
             spot_gpus=gpus,
             safety=self.config.safety,
+            recent_busy_s=self._busy_s,
         )
         plan = BatchPlan(
             batch_id,

@@ -340,6 +340,7 @@ async def _start_rollout_worker(
     from spotlight.models.dit import build_policy
 
     policy = await asyncio.to_thread(build_policy, model)  # weights come from the publisher
+    policy.train()  # the trainer's sampling mode (flow_grpo.py): its log-probs must match
     return await rt.spawn(
         RolloutWorker,
         name="rollout",

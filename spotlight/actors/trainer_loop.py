@@ -348,11 +348,15 @@ class TrainerLoop:
         if self.metrics is not None:
             self.metrics.publish(topic, **fields)
 
-    async def _record_iteration(self, seconds: float) -> None:
+    async def _record_iteration(self, seconds: float, rollout_s: float) -> None:
+        """Tell the planner the iteration's length and how long its pooled rollouts kept the
+        spot GPUs from exploring (0 when the trainer samples alone)."""
         if self.planner is None or not self.config.explore:
             return
         try:
-            await self.planner.record_iteration.ask(seconds, timeout=self.config.plan_timeout_s)
+            await self.planner.record_iteration.ask(
+                seconds, rollout_s, timeout=self.config.plan_timeout_s
+            )
         except (SpotlightError, TimeoutError) as exc:
             log.warning("planner.record_iteration failed (%r)", exc)
 
@@ -528,7 +532,7 @@ class TrainerLoop:
             if self.publisher is not None:
                 self.publisher.publish(k, self.policy)
             seconds = time.time() - t_iter
-            await self._record_iteration(seconds)
+            await self._record_iteration(seconds, 0.0 if pooled is None else pooled.seconds)
             self._n["fallback_seeds"] += plan.fallback_seeds
             self._n["explored_seeds"] += plan.explored_seeds
             self._after_iteration(k, stats, plan, seconds, time.perf_counter() - t_start)

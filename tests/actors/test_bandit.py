@@ -124,6 +124,19 @@ def test_budget_prediction_from_iteration_times() -> None:
     assert budget.gpu_seconds == pytest.approx((11 - 3) * 4 * 0.5)
     late = ExplorationBudget.predict(recent_iteration_s=[5], elapsed_in_iteration_s=9, spot_gpus=4)
     assert late.gpu_seconds == 0
+    # The spot GPUs draw the trainer's rollouts for the first ~4 s (median of 3, 4, 5):
+    # exploration has the 11 - 4 s after that, however early the batch is planned...
+    busy = ExplorationBudget.predict(
+        recent_iteration_s=[10, 12, 11], elapsed_in_iteration_s=1, spot_gpus=4,
+        safety=0.5, recent_busy_s=[3, 4, 5],
+    )  # fmt: skip
+    assert busy.gpu_seconds == pytest.approx((11 - 4) * 4 * 0.5)
+    # ... and, planned after the rollouts, the time left as before.
+    after = ExplorationBudget.predict(
+        recent_iteration_s=[10, 12, 11], elapsed_in_iteration_s=6, spot_gpus=4,
+        safety=0.5, recent_busy_s=[3, 4, 5],
+    )  # fmt: skip
+    assert after.gpu_seconds == pytest.approx((11 - 6) * 4 * 0.5)
 
 
 @pytest.mark.parametrize(
