@@ -449,7 +449,7 @@ class RolloutSection:
     workers: Literal["auto", "pool", "trainer"] = "auto"
     """``auto``: ``pool`` with one trainer rank, ``trainer`` with several (each data-parallel
     rank samples its own shard; the pool serves a single rank)."""
-    pull_batch: int = 8
+    pull_batch: int = 16
     """Requests a worker holds at once, advanced together in one forward pass."""
     commit_interval: int = 2
     """A worker commits a trajectory's state every this many denoising steps; a silent loss
