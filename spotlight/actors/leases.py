@@ -355,17 +355,31 @@ class LeaseTable:
 
     # ---------------------------------------------------------------- workers
 
-    def pull(self, worker_id: str, n: int) -> list[Lease]:
-        """Lease up to ``n`` queued requests to ``worker_id`` (fewer if fewer are queued)."""
+    def pull(self, worker_id: str, n: int, version: int | None = None) -> list[Lease]:
+        """Lease up to ``n`` queued requests to ``worker_id`` (fewer if fewer are queued).
+
+        ``version``: the weight version the worker holds; requests that name another one
+        (``SampleRequest.weight_version``) are passed over and keep their place, so a worker
+        still on the previous weights never takes (and hands back) an on-policy rollout.
+        None: no filter.
+        """
         _check_worker(worker_id)
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise ValueError(f"version must be an int or None, got {version!r}")
         now = self._clock()
         leases: list[Lease] = []
+        passed_over: list[tuple[int, float, int, str]] = []
         while self._queue and len(leases) < n:
-            rid = heapq.heappop(self._queue)[3]
+            item = heapq.heappop(self._queue)
+            rid = item[3]
             entry = self._entries[rid]
             assert entry.status == _QUEUED, (rid, entry.status)
+            wanted = entry.request.weight_version
+            if version is not None and wanted is not None and wanted != version:
+                passed_over.append(item)
+                continue
             if entry.leased_before:
                 self._n.re_leases += 1
             entry.status = _LEASED
@@ -379,6 +393,8 @@ class LeaseTable:
             heapq.heappush(self._expiry, (entry.expires_at, entry.token, rid))
             self._n.leases_granted += 1
             leases.append(self._lease(entry))
+        for item in passed_over:
+            heapq.heappush(self._queue, item)
         return leases
 
     def renew(self, worker_id: str, progress: Mapping[str, int] | None = None) -> int:

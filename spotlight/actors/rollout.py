@@ -14,9 +14,10 @@ Map (one actor; two tasks it owns, both cancelled in ``on_stop``)::
   with ``batch_held`` those at the same step in one forward pass.
 * Weight versions: a request may name the version that must sample it (a trainer rollout:
   θ_k). The worker's version is its owner's (``version``, the trainer's own worker) or the
-  last published one it applied (a spot node's). Holding a request for another version, it
-  releases everything it holds (with progress) and waits for weights, so a rollout is
-  never sampled with the wrong policy; new weights are applied only between requests.
+  last published one it applied (a spot node's); it pulls with it, so the scheduler passes
+  over requests for another version. Should it still hold one (a scheduler without the
+  filter), it releases everything it holds (with progress) and waits for weights: a
+  rollout is never sampled with the wrong policy. New weights apply only between requests.
 * ``_heartbeat`` renews every lease it holds and reports the step each has reached (so the
   scheduler can count recomputed steps); an answer of 0 while it holds leases means the
   scheduler no longer knows them (expired, or the scheduler restarted): they are dropped.
@@ -532,7 +533,10 @@ class RolloutWorker(Actor):
     async def _pull(self) -> None:
         try:
             leases = await self.scheduler.pull.ask(
-                self.worker_id, self.timing.pull_batch, timeout=self.timing.call_timeout_s
+                self.worker_id,
+                self.timing.pull_batch,
+                self.weight_version,
+                timeout=self.timing.call_timeout_s,
             )
         except _RETRYABLE as exc:
             log.info("pull by %s failed (%r); retrying", self.worker_id, exc)

@@ -238,11 +238,13 @@ class SchedulerActor(Actor):
     # ------------------------------------------------------------------ workers
 
     @endpoint
-    async def pull(self, worker_id: str, n: int) -> list[Lease]:
+    async def pull(self, worker_id: str, n: int, version: int | None = None) -> list[Lease]:
+        """Up to ``n`` leases; ``version``: the weight version the worker holds (requests
+        for another one stay queued, see ``LeaseTable.pull``)."""
         table = self._table()
         table.expire()
         self._first_seen.setdefault(worker_id, self._clock())
-        return table.pull(worker_id, n)
+        return table.pull(worker_id, n, version)
 
     @endpoint
     async def renew(self, worker_id: str, progress: Mapping[str, int] | None = None) -> int:

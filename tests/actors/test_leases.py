@@ -8,6 +8,7 @@ replay from the journal.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -141,6 +142,23 @@ def test_pull_order_priority_deadline_submission(table: LeaseTable) -> None:
     )
     got = [lease.request.request_id for lease in table.pull("w", 10)]
     assert got == ["urgent", "early", "late", "none1", "none2", "low"]
+
+
+def test_pull_passes_over_requests_for_other_weight_versions(table: LeaseTable) -> None:
+    """A worker on version 3 gets version-free and version-3 requests; a version-4 one keeps
+    its place in the queue for a worker that holds version 4 (no lease, no re-lease)."""
+    table.submit([
+        dataclasses.replace(req("v4", "a"), weight_version=4),
+        req("any", "b"),
+        dataclasses.replace(req("v3", "c"), weight_version=3),
+        dataclasses.replace(req("v4b", "d"), weight_version=4),
+    ])  # fmt: skip
+    assert [lease.request.request_id for lease in table.pull("old", 10, 3)] == ["any", "v3"]
+    assert table.statistics().queued == 2 and table.statistics().re_leases == 0
+    assert [lease.request.request_id for lease in table.pull("new", 1, 4)] == ["v4"]
+    assert [lease.request.request_id for lease in table.pull("any", 5)] == ["v4b"]  # no filter
+    with pytest.raises(ValueError, match="version must be an int or None"):
+        table.pull("w", 1, "3")  # type: ignore[arg-type]
 
 
 def test_pull_limits_and_lease_fields(table: LeaseTable, clock: FakeClock) -> None:
