@@ -80,7 +80,7 @@ from spotlight.actors.sampling_backend import (
 )
 from spotlight.actors.weight_publish import WeightInbox
 from spotlight.actors.weight_share import WeightManifest
-from spotlight.actors.weight_slot import WeightSlot, weights_fit
+from spotlight.actors.weight_slot import WeightReceiver, WeightSlot, weights_fit
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
 from spotlight.models.flow_grpo import decode, generate
 from spotlight.models.rewards import build_reward
@@ -322,7 +322,8 @@ class ExplorerActor(Actor):
         self.model = model_config(model)
         self.settings = settings or ExploreSettings()
         self.announce_to = announce_to
-        self.slot = WeightSlot()
+        self.weights = WeightReceiver(f"explorer {worker_id}", inbox)
+        self.slot = self.weights.slot
         self.policy: DiTPolicy | None = None
         self._reward: Any = None
         self._backend_factory: BackendFactory = backend or ThreadBackend
@@ -337,13 +338,9 @@ class ExplorerActor(Actor):
             "skipped": 0,
             "batches": 0,
             "stale": 0,
-            "chunks": 0,
-            "chunks_ignored": 0,
-            "rejected": 0,
             "failed_batches": 0,
             "paused": 0,
         }
-        self._inbox = inbox if inbox is not None else WeightInbox()
         self._draining = False
         self._inflight: tuple[float, int, int] | None = None
         """(perf_counter at start, seeds, num_steps) of the batch being sampled."""
@@ -380,8 +377,8 @@ class ExplorerActor(Actor):
         Returns whether it was kept (False: not newer than what this explorer has).
         ValueError (naming both shapes) when the tensors do not fit this explorer's model.
         """
-        self._check_fits(version, state_dict)
-        kept = self.slot.offer(version, state_dict)
+        assert self.policy is not None  # built in on_start, before any endpoint runs
+        kept = self.weights.offer(self.policy, version, state_dict)
         if kept:
             self._wake.set()
         return kept
@@ -393,20 +390,11 @@ class ExplorerActor(Actor):
         """One chunk of weights ``version`` (the publisher ``tell``s one per chunk).
 
         Chunks may repeat or come out of order; a version is offered to the slot when its
-        last chunk is in. A version not newer than what is held or pending is dropped at
-        once, so a late stream of an old version costs no copy.
+        last chunk is in (:class:`WeightReceiver`).
         """
-        newest = self.slot.newest
-        if newest is not None and version <= newest:
-            self._n["chunks_ignored"] += 1
-            return
-        self._n["chunks"] += 1
-        done = self._inbox.offer(version, manifest, offset, chunk)
-        if done is not None:
-            complete_version, state = done
-            self._check_fits(complete_version, state)
-            if self.slot.offer(complete_version, state):
-                self._wake.set()
+        assert self.policy is not None  # built in on_start, before any endpoint runs
+        if self.weights.offer_chunk(self.policy, version, manifest, offset, chunk):
+            self._wake.set()
 
     @endpoint
     async def drain(self, deadline: float) -> DrainReport:
@@ -485,26 +473,16 @@ class ExplorerActor(Actor):
             batches=self._n["batches"],
             seconds_per_seed=self._sps,
             stale_results=self._n["stale"],
-            chunks_received=self._n["chunks"],
-            chunks_ignored=self._n["chunks_ignored"],
+            chunks_received=self.weights.chunks,
+            chunks_ignored=self.weights.chunks_ignored,
             draining=self._draining,
-            versions_rejected=self._n["rejected"],
+            versions_rejected=self.weights.rejected,
             failed_batches=self._n["failed_batches"],
             pauses=self._n["paused"],
             sampling=None if self.backend is None else await self.backend.statistics(),
         )
 
     # ------------------------------------------------------------------ internals
-
-    def _check_fits(self, version: int, state: Mapping[str, Any]) -> None:
-        """:func:`weights_fit`, counted and logged (a ``tell`` has no caller to tell)."""
-        assert self.policy is not None  # built in on_start, before any endpoint runs
-        try:
-            weights_fit(self.policy, state, version=version)
-        except ValueError as exc:
-            self._n["rejected"] += 1
-            log.error("explorer %s rejects weights: %s", self.worker_id, exc)
-            raise
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -50,9 +50,8 @@ import torch
 
 from spotlight.actors.leases import Lease, Snapshot
 from spotlight.actors.scheduler import SchedulingConfig
-from spotlight.actors.weight_publish import WeightInbox
 from spotlight.actors.weight_share import WeightManifest
-from spotlight.actors.weight_slot import WeightSlot, weights_fit
+from spotlight.actors.weight_slot import WeightReceiver
 from spotlight.models.dit import DiTPolicy, TextEmbedding
 from spotlight.models.sampler import (
     SamplerConfig,
@@ -228,8 +227,8 @@ class RolloutWorker(Actor):
         self._wait_for_weights = wait_for_weights
         if occupancy is not None:
             occupancy.bind(lambda: len(self._held))
-        self.slot = WeightSlot()
-        self._inbox = WeightInbox()
+        self.weights = WeightReceiver(f"rollout worker {worker_id}")
+        self.slot = self.weights.slot
         self._held: dict[str, _Held] = {}
         self._inflight: _Inflight | None = None
         self._draining = False
@@ -298,8 +297,7 @@ class RolloutWorker(Actor):
         Returns whether it was kept (False: not newer than what this worker has). ValueError
         (naming both shapes) when the tensors do not fit this worker's model.
         """
-        weights_fit(self.policy, state_dict, version=version)
-        kept = self.slot.offer(version, state_dict)
+        kept = self.weights.offer(self.policy, version, state_dict)
         if kept:
             self._wake.set()
         return kept
@@ -308,16 +306,9 @@ class RolloutWorker(Actor):
     async def weight_chunk(
         self, version: int, manifest: WeightManifest, offset: int, chunk: torch.Tensor
     ) -> None:
-        """One chunk of weights ``version`` from the publisher (see ``ExplorerActor``)."""
-        newest = self.slot.newest
-        if newest is not None and version <= newest:
-            return
-        done = self._inbox.offer(version, manifest, offset, chunk)
-        if done is not None:
-            complete_version, state = done
-            weights_fit(self.policy, state, version=complete_version)
-            if self.slot.offer(complete_version, state):
-                self._wake.set()
+        """One chunk of weights ``version`` from the publisher (:class:`WeightReceiver`)."""
+        if self.weights.offer_chunk(self.policy, version, manifest, offset, chunk):
+            self._wake.set()
 
     @endpoint
     async def drain(self, deadline: float) -> DrainReport:

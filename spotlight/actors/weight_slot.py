@@ -1,18 +1,26 @@
-"""Weights as an explorer holds them: the newest-wins slot and the shape check on arrival.
+"""Weights as a sampling actor holds them: the newest-wins slot and the shape check on arrival.
 
-Pure (no actor, no socket), so version handling is unit-tested alone; the explorer
-(``explorer.py``) offers every complete version to a :class:`WeightSlot` and applies the
-pending one between batches through its sampling backend.
+Pure (no actor, no socket), so version handling is unit-tested alone. Explorers
+(``explorer.py``) and rollout workers (``rollout.py``) receive published weights through a
+:class:`WeightReceiver` (chunks assembled, every complete version checked, then offered to a
+:class:`WeightSlot`) and apply the pending one between batches or requests.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+from torch import Tensor
+
+from spotlight.actors.weight_publish import WeightInbox
+from spotlight.actors.weight_share import WeightManifest
 from spotlight.models.dit import DiTPolicy
 
-__all__ = ["WeightSlot", "weights_fit"]
+__all__ = ["WeightReceiver", "WeightSlot", "weights_fit"]
+
+log = logging.getLogger("spotlight.actors.weight_slot")
 
 
 def weights_fit(policy: DiTPolicy, state: Mapping[str, Any], *, version: int) -> None:
@@ -83,3 +91,47 @@ class WeightSlot:
             self.current = pending[0]
             self.applied += 1
         return pending
+
+
+class WeightReceiver:
+    """The receiving end of the publisher for one sampling actor: ``weight_chunk`` chunks
+    assembled into versions, each complete one checked against the actor's model
+    (:func:`weights_fit`) and offered to its :class:`WeightSlot`.
+
+    Chunks of a version not newer than the one held or pending are dropped unassembled, so a
+    late stream of an old version costs no copy. A rejected version raises (the publisher's
+    ``tell`` has no caller to tell: it is logged here, naming ``owner``, and counted).
+    """
+
+    def __init__(self, owner: str, inbox: WeightInbox | None = None) -> None:
+        self.owner = owner
+        self.slot = WeightSlot()
+        self.inbox = inbox if inbox is not None else WeightInbox()
+        self.chunks = 0
+        self.chunks_ignored = 0
+        self.rejected = 0
+
+    def offer(self, policy: DiTPolicy, version: int, state: Mapping[str, Any]) -> bool:
+        """A whole version: kept if it fits ``policy`` and is newer than what is held."""
+        try:
+            weights_fit(policy, state, version=version)
+        except ValueError as exc:
+            self.rejected += 1
+            log.error("%s rejects weights: %s", self.owner, exc)
+            raise
+        return self.slot.offer(version, state)
+
+    def offer_chunk(
+        self, policy: DiTPolicy, version: int, manifest: WeightManifest, offset: int, chunk: Tensor
+    ) -> bool:
+        """One chunk; True when it completed a version that was kept."""
+        newest = self.slot.newest
+        if newest is not None and version <= newest:
+            self.chunks_ignored += 1
+            return False
+        self.chunks += 1
+        done = self.inbox.offer(version, manifest, offset, chunk)
+        if done is None:
+            return False
+        complete_version, state = done
+        return self.offer(policy, complete_version, state)
