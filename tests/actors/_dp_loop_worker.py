@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from tests.actors.test_trainer_loop import _config, _redness
+from tests.actors.test_trainer_loop import _config
+from tests.micro import redness as _redness
 
 
 def main(base: str, run_dir: str, out: str, iterations: int) -> None:

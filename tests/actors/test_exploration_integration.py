@@ -1,6 +1,6 @@
 """Explorer processes + scheduler + planner: the trainer gets its groups by its deadline.
 
-Two explorer processes (``python -m spotlight.actors.explorer``, tiny model, random weights)
+Two explorer processes (``python -m spotlight.actors.explorer_main``, tiny model, random weights)
 pull explore requests from a scheduler in this process; the planner plans the next batch;
 the test plays the trainer: pushes weights, waits out its (simulated) iteration, then asks
 for the groups at the deadline. Children are killed by PID in the fixture's teardown.
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _spawn_explorer(address: str, worker_id: str) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "spotlight.actors.explorer", "--worker-id", worker_id]
+    argv = [sys.executable, "-m", "spotlight.actors.explorer_main", "--worker-id", worker_id]
     argv += ["--scheduler", f"{address}/xs", "--planner", f"{address}/planner"]
     return subprocess.Popen([*argv, "--pull-batch", "8"], cwd=REPO)
 
