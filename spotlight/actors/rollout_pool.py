@@ -201,13 +201,9 @@ class RolloutPool:
                     )
                     return list(found.results)
 
-    def totals(self) -> dict[str, int]:
-        """Samples completed per worker over the run."""
-        return dict(self._totals)
-
     async def statistics(self) -> dict[str, Any]:
         """The rollout scheduler's and the local worker's statistics (for the report)."""
-        out: dict[str, Any] = {"samples_by_worker": self.totals()}
+        out: dict[str, Any] = {"samples_by_worker": dict(self._totals)}
         out["scheduler"] = await self.scheduler.statistics.ask(timeout=self.timing.call_timeout_s)
         if self.local is not None:
             out["local_worker"] = await self.local.statistics.ask(
@@ -220,8 +216,3 @@ class RolloutPool:
         local, self.local = self.local, None
         if local is not None:
             await self.rt.stop_actor(LOCAL_WORKER, reason="run finished")
-
-
-def remote_workers(by_worker: dict[str, int]) -> int:
-    """Samples of ``by_worker`` drawn by workers other than the trainer's own."""
-    return sum(n for w, n in by_worker.items() if w != LOCAL_WORKER)

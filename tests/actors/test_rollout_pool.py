@@ -268,3 +268,25 @@ def test_a_spot_worker_lost_mid_trajectory_costs_no_sample(tmp_path: Path) -> No
     a, b = plain.policy.state_dict(), pooled.policy.state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=0, msg=name)
+
+
+def test_rollouts_nobody_can_sample_end_in_a_timeout_naming_the_queue() -> None:
+    """A pool whose only worker holds other weights cannot serve version 0: ``sample`` gives
+    up after ``timeout_s`` with RolloutTimeout naming the queue, instead of hanging; asking
+    before any worker is attached is refused at once."""
+    from spotlight.actors.rollout_pool import RolloutTimeout
+    from spotlight.runtime.errors import SpotlightError
+
+    async def main() -> None:
+        async with Runtime(FAST) as rt:
+            pool = await RolloutPool.start(
+                rt, TIMING, settings=RolloutSettings.like(SAMPLER), timeout_s=0.5
+            )
+            with pytest.raises(SpotlightError, match="before attach"):
+                await pool.sample(0, 0, ["a red circle"], [1], 3)
+            await pool.attach(build_policy(MICRO, seed=0), lambda: 7)  # never version 0
+            with pytest.raises(RolloutTimeout, match=r"rollouts of r0 not complete.*queued 1"):
+                await pool.sample(0, 0, ["a red circle"], [1], 3)
+            await pool.close()
+
+    asyncio.run(main())
