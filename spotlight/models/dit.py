@@ -305,7 +305,11 @@ class DiTPolicy(nn.Module):
         )
 
     def forward(self, x_BNC: Tensor, sigma_B: Tensor, text: TextEmbedding) -> Tensor:
-        """Velocity ``v = noise − x0`` at noise level σ ∈ [0, 1] (σ = 1 is pure noise)."""
+        """Velocity ``v = noise − x0`` at noise level σ ∈ [0, 1] (σ = 1 is pure noise).
+
+        Computed on the policy's device, returned on ``x_BNC``'s: the sampler keeps a
+        trajectory on the CPU (its noise comes from keyed CPU generators, its snapshots go
+        on the wire), so a CUDA policy only moves the latents in and the velocity out."""
         cfg = self.config
         _, n_tokens, chans = x_BNC.shape
         if (n_tokens, chans) != (cfg.num_tokens, cfg.token_dim):
@@ -313,10 +317,10 @@ class DiTPolicy(nn.Module):
                 f"x_BNC has shape {tuple(x_BNC.shape)}; config {cfg.name!r} expects "
                 f"(B, {cfg.num_tokens}, {cfg.token_dim})"
             )
-        out = self.transformer(**self.transformer_kwargs(x_BNC, sigma_B, text), return_dict=False)[
-            0
-        ]
-        return out.float()
+        device = self.device
+        kwargs = self.transformer_kwargs(x_BNC.to(device), sigma_B.to(device), text)
+        out = self.transformer(**kwargs, return_dict=False)[0]
+        return out.float().to(x_BNC.device)
 
     def transformer_kwargs(
         self, x_BNC: Tensor, sigma_B: Tensor, text: TextEmbedding
