@@ -38,7 +38,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 if TYPE_CHECKING:
     from spotlight.actors.planner import PlannerConfig
@@ -431,7 +431,8 @@ class RewardsSection:
         _positive_float("rewards", "start_timeout_s", self.start_timeout_s)
 
 
-ROLLOUT_WORKERS = ("auto", "pool", "trainer")
+RolloutWorkers = Literal["auto", "pool", "trainer"]
+ROLLOUT_WORKERS: tuple[str, ...] = get_args(RolloutWorkers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -446,7 +447,7 @@ class RolloutSection:
     recorded in the training chunks, so the first ratio is exactly 1 instead of 1 ± 1e-7).
     """
 
-    workers: Literal["auto", "pool", "trainer"] = "auto"
+    workers: RolloutWorkers = "auto"
     """``auto``: ``pool`` with one trainer rank, ``trainer`` with several (each data-parallel
     rank samples its own shard; the pool serves a single rank)."""
     pull_batch: int = 16

@@ -411,15 +411,12 @@ def _rollouts(state: MonitorState) -> RenderableType | None:
     if newest is None:
         return None
     f = newest[1]
-    by_worker = _get(f, "by_worker")
-    by_worker = by_worker if isinstance(by_worker, Mapping) else {}
-    spot = sum(n for w, n in by_worker.items() if w != "rollout_local")
     seconds = _get(f, "seconds")
     sec = _section("Rollouts")
     sec.add_row(
         f"iter {_num(_get(f, 'iteration'))}: {_num(_get(f, 'samples'))} in "
         f"{_num(seconds, '{:.2f}') if isinstance(seconds, int | float) else DASH} s, "
-        f"{_num(spot)} by {_num(sum(1 for w in by_worker if w != 'rollout_local'))} spot workers"
+        f"{_num(_get(f, 'spot_samples'))} by {_num(_get(f, 'spot_workers'))} spot workers"
     )
     return sec
 

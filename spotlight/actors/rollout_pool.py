@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from spotlight.models.sampler import TrajectoryState
     from spotlight.runtime import ActorRef, Runtime
 
-__all__ = ["LOCAL_WORKER", "RolloutBatch", "RolloutPool", "RolloutTimeout"]
+__all__ = ["LOCAL_WORKER", "RolloutBatch", "RolloutPool", "RolloutTimeout", "spot_share"]
 
 LOCAL_WORKER = "rollout_local"
 ROLLOUT_PRIORITY = 1
@@ -216,3 +216,10 @@ class RolloutPool:
         local, self.local = self.local, None
         if local is not None:
             await self.rt.stop_actor(LOCAL_WORKER, reason="run finished")
+
+
+def spot_share(by_worker: Mapping[str, int]) -> tuple[int, int]:
+    """(samples, workers) of ``by_worker`` other than the trainer's own worker: what spot
+    nodes drew (the metric, the monitor and the report all count it this way)."""
+    spot = {w: n for w, n in by_worker.items() if w != LOCAL_WORKER}
+    return sum(spot.values()), len(spot)

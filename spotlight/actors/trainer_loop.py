@@ -68,6 +68,7 @@ from spotlight.actors.plan_log import (
     plan_to_json,
 )
 from spotlight.actors.planner import SeedPlan, flatten, random_plan, seeds_for_iteration
+from spotlight.actors.rollout_pool import spot_share
 from spotlight.runtime.errors import SpotlightError
 
 if TYPE_CHECKING:
@@ -516,11 +517,14 @@ class TrainerLoop:
             )
             if pooled is not None:
                 stats = dataclasses.replace(stats, rollout_s=pooled.seconds)
+                spot_samples, spot_workers = spot_share(pooled.by_worker)
                 self._publish(
                     "rollouts",
                     iteration=k + 1,
                     seconds=pooled.seconds,
                     samples=len(pooled.states),
+                    spot_samples=spot_samples,
+                    spot_workers=spot_workers,
                     by_worker=pooled.by_worker,
                 )
             train_s += time.perf_counter() - t0

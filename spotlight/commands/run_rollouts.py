@@ -63,7 +63,7 @@ async def rollout_stats(rollouts: RolloutPool | None) -> dict[str, Any] | None:
 
 def rollout_summary(stats: dict[str, Any] | None, mode: str) -> dict[str, Any]:
     """report.json's ``rollouts``: who sampled the trainer's batches, what preemptions cost."""
-    from spotlight.actors.rollout_pool import LOCAL_WORKER
+    from spotlight.actors.rollout_pool import LOCAL_WORKER, spot_share
 
     if stats is None or "error" in stats:
         return {"mode": mode, **({"error": stats["error"]} if stats else {})}
@@ -74,7 +74,7 @@ def rollout_summary(stats: dict[str, Any] | None, mode: str) -> dict[str, Any]:
         "mode": mode,
         "samples": sum(by_worker.values()),
         "samples_by_trainer": by_worker.get(LOCAL_WORKER, 0),
-        "samples_by_spot": sum(n for w, n in by_worker.items() if w != LOCAL_WORKER),
+        "samples_by_spot": spot_share(by_worker)[0],
         "samples_by_worker": by_worker,
         "re_leases": leases.get("re_leases"),
         "steps_recomputed": leases.get("steps_recomputed"),

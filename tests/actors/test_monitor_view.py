@@ -144,7 +144,8 @@ def test_rollouts_section_shows_the_spot_share_of_the_last_batch() -> None:
     assert "Rollouts" not in to_text(synthetic_state())  # rollout.workers: trainer
     state = synthetic_state()
     store = MonitorStore(clock=lambda: NOW)
-    fields = {"iteration": 12, "samples": 64, "seconds": 1.234,
+    fields = {"iteration": 12, "samples": 64, "seconds": 1.234, "spot_samples": 24,
+              "spot_workers": 2,
               "by_worker": {"rollout_local": 40, "spot-1/rollout": 16, "spot-2/rollout": 8}}  # fmt: skip
     store.apply([MetricRecord(time=NOW, source="trainer", topic="rollouts", fields=fields)])
     state = dataclasses.replace(state, latest={**state.latest, **store.snapshot().latest})

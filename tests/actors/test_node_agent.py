@@ -10,7 +10,7 @@ import pytest
 
 from spotlight.actors.rollout import DrainReport
 from spotlight.actors.spot_node import NodeAgent, merge_drain_reports
-from spotlight.runtime import Actor, Runtime, endpoint
+from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
 from tests.runtime.helpers import FAST, arun
 
 
@@ -51,24 +51,36 @@ class FakeWorker(Actor):
         return self.report
 
 
+async def _agent(
+    rt: Runtime,
+    node_id: str,
+    explorer: DrainReport | None,
+    rollout: DrainReport | None,
+    *,
+    delay_s: float = 0.0,
+) -> tuple[ActorRef, ActorRef]:
+    """A NodeAgent over fake workers that answer ``drain`` with these reports (None: the
+    drain raises), and its fake coordinator."""
+    coord = await rt.spawn(FakeCoordinator, name="coordinator")
+    agent = await rt.spawn(
+        NodeAgent,
+        name="node",
+        node_id=node_id,
+        explorer=await rt.spawn(FakeWorker, explorer, delay_s, name="explorer"),
+        rollout=await rt.spawn(FakeWorker, rollout, delay_s, name="rollout"),
+        coordinator=coord,
+        call_timeout_s=5.0,
+    )
+    return agent, coord
+
+
 def test_notice_drains_both_workers_concurrently_into_one_report() -> None:
     explorer_report = _report("n1", released=3, abandoned=0, snapshots={})
     rollout_report = _report("n1/rollout", released=2, abandoned=4, snapshots={"r3.1": 2})
 
     async def body() -> tuple[DrainReport, float, list[str]]:
         async with Runtime(FAST) as rt:
-            coord = await rt.spawn(FakeCoordinator, name="coordinator")
-            explorer = await rt.spawn(FakeWorker, explorer_report, 0.5, name="explorer")
-            rollout = await rt.spawn(FakeWorker, rollout_report, 0.5, name="rollout")
-            agent = await rt.spawn(
-                NodeAgent,
-                name="node",
-                node_id="n1",
-                explorer=explorer,
-                rollout=rollout,
-                coordinator=coord,
-                call_timeout_s=5.0,
-            )
+            agent, coord = await _agent(rt, "n1", explorer_report, rollout_report, delay_s=0.5)
             t0 = time.monotonic()
             report = await agent.drain.ask(time.time() + 10.0)
             took = time.monotonic() - t0
@@ -97,18 +109,7 @@ def test_a_failed_drain_is_logged_and_the_other_workers_report_stands(
 
     async def body() -> DrainReport:
         async with Runtime(FAST) as rt:
-            coord = await rt.spawn(FakeCoordinator, name="coordinator")
-            explorer = await rt.spawn(FakeWorker, _report("n", 1, 0, {}), name="explorer")
-            broken = await rt.spawn(FakeWorker, None, name="rollout")
-            agent = await rt.spawn(
-                NodeAgent,
-                name="node",
-                node_id="n",
-                explorer=explorer,
-                rollout=broken,
-                coordinator=coord,
-                call_timeout_s=5.0,
-            )
+            agent, _coord = await _agent(rt, "n", _report("n", 1, 0, {}), None)
             return await agent.drain.ask(time.time() + 10.0)
 
     report = arun(body())
