@@ -23,6 +23,10 @@
 #                         per GPU) as an elastic group at degree D (D <= G, D divides the
 #                         model's heads and image tokens); a lost member re-forms it smaller
 #   --node-ready-file F   the node writes its own address to F once it has registered
+#   --base DIR            this node's copy of the trainer's base checkpoint, for LoRA runs
+#                         (trainer.lora_rank > 0 publishes adapters only, so each node loads
+#                         the frozen base itself) [SPOTLIGHT_BASE, default: the trainer's
+#                         path, which must then exist on this node]
 #   --python PATH         interpreter with spotlight installed [SPOTLIGHT_PYTHON, default:
 #                         the repository's .venv/bin/python if present, else python3]
 #   -h, --help            this text
@@ -62,6 +66,7 @@ grace="${SPOTLIGHT_NOTICE_GRACE:-25}"
 gpus="${SPOTLIGHT_GPUS:-1}"
 sp_degree="${SPOTLIGHT_SP_DEGREE:-1}"
 node_ready_file=""
+base="${SPOTLIGHT_BASE:-}"
 python="${SPOTLIGHT_PYTHON:-}"
 
 need() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"; }
@@ -77,6 +82,7 @@ while [[ $# -gt 0 ]]; do
         --gpus) need "$@"; gpus="$2"; shift 2 ;;
         --sp-degree) need "$@"; sp_degree="$2"; shift 2 ;;
         --node-ready-file) need "$@"; node_ready_file="$2"; shift 2 ;;
+        --base) need "$@"; base="$2"; shift 2 ;;
         --python) need "$@"; python="$2"; shift 2 ;;
         --) shift; break ;;
         *) die "unknown option '$1' (node options go after --; see --help)" ;;
@@ -116,4 +122,8 @@ command -v "$python" >/dev/null || die "no python at '$python' (set --python or 
 node=("$python" -m spotlight.actors.spot_node --coordinator "$coordinator" --node-id "$node_id"
     --notice-grace "$grace" --gpus "$gpus" --sp-degree "$sp_degree")
 [[ -z "$node_ready_file" ]] || node+=(--ready-file "$node_ready_file")
+if [[ -n "$base" ]]; then
+    [[ -f "$base/card.json" ]] || die "--base $base is not a checkpoint directory (no card.json)"
+    node+=(--base "$base")
+fi
 exec "${node[@]}" "$@"

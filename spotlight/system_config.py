@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from spotlight.actors.planner import PlannerConfig
     from spotlight.actors.prices import Prices
     from spotlight.models.flow_grpo import FlowGrpoConfig
+    from spotlight.models.lora import LoraSettings
 
 __all__ = [
     "ConfigError",
@@ -150,6 +151,13 @@ class TrainerSection:
     """Held-out validation prompts per caption kind."""
     val_seeds: int = 4
     """Fixed seeds per validation prompt."""
+    lora_rank: int = 0
+    """0 trains every weight; r >= 1 trains rank-r LoRA adapters on the attention projections
+    and freezes the rest (spotlight/models/lora.py; needs the ``lora`` extra, peft). What the
+    20B model needs to fit a GPU, and each weight version then carries the adapters only
+    (spot nodes load the frozen base from their own disk, ``launch_spot.sh --base``)."""
+    lora_alpha: int = 0
+    """LoRA scale numerator (adapter output × alpha/rank); 0: 2 × rank, as Flow-GRPO's recipes."""
 
     def __post_init__(self) -> None:
         if self.seeds not in SEED_MODES:
@@ -166,6 +174,12 @@ class TrainerSection:
         ):
             _positive_int("trainer", name, getattr(self, name))
         self.window()  # validates the text
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ConfigError(f"trainer.lora_rank must be an integer >= 0, got {self.lora_rank!r}")
+        if not isinstance(self.lora_alpha, int) or self.lora_alpha < 0:
+            raise ConfigError(
+                f"trainer.lora_alpha must be an integer >= 0, got {self.lora_alpha!r}"
+            )
         from spotlight.models.flow_grpo import OBJECTIVES
 
         if self.objective not in OBJECTIVES:
@@ -183,6 +197,14 @@ class TrainerSection:
                 f"trainer.sde_window={self.sde_window!r}: expected 'start:stop' (e.g. 0:3) or 'all'"
             ) from None
         return a, b
+
+    def lora(self) -> LoraSettings | None:
+        """The adapters to train (None: every weight)."""
+        if self.lora_rank == 0:
+            return None
+        from spotlight.models.lora import LoraSettings
+
+        return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha or 2 * self.lora_rank)
 
     def algo(self) -> FlowGrpoConfig:
         """The algorithm config (validated by FlowGrpoConfig itself)."""
@@ -501,6 +523,12 @@ class SystemConfig:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"trainer: {exc}") from None
+        if self.trainer.lora_rank and self.spot.enabled and self.spot.sp_degree > 1:
+            raise ConfigError(
+                f"trainer.lora_rank={self.trainer.lora_rank} with spot.sp_degree="
+                f"{self.spot.sp_degree}: SP groups on spot nodes do not take LoRA adapters yet; "
+                "use spot.sp_degree=1 or trainer.lora_rank=0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -181,6 +181,7 @@ def test_launcher_help_and_argument_errors() -> None:
         (SPOT, ["--bogus"], "unknown option '--bogus'"),
         (SPOT, ["--coordinator", "tcp://h:1", "--sp-degree", "0"], "--sp-degree must be"),
         (SPOT, ["--coordinator", "tcp://h:1", "--sp-degree", "2"], "--gpus is 1"),
+        (SPOT, ["--coordinator", "tcp://h:1", "--base", "/no/such"], "not a checkpoint directory"),
     ):
         proc = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and message in proc.stderr, (script.name, args, proc.stderr)

@@ -98,6 +98,12 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
             ["spot.gpus_per_node=4", "spot.sp_degree=2", "spot.node_command={python} {node}"],
             r"spot.sp_degree=2 would be ignored: spot.node_command has no \{sp_degree\}",
         ),
+        (["trainer.lora_rank=-1"], r"trainer.lora_rank must be an integer >= 0, got -1"),
+        (["trainer.lora_alpha=1.5"], r"trainer.lora_alpha='1.5' is not a valid int"),
+        (
+            ["trainer.lora_rank=8", "spot.gpus_per_node=4", "spot.sp_degree=2"],
+            r"SP groups on spot nodes do not take LoRA adapters yet",
+        ),
         (["rewards.workers=-1"], r"rewards.workers must be an integer >= 0, got -1"),
         (["rewards.workers=two"], r"rewards.workers='two' is not a valid int"),
         (["rewards.actors_per_worker=0"], r"rewards.actors_per_worker must be an integer >= 1"),
@@ -381,6 +387,54 @@ def test_spotlight_run_no_spot_end_to_end_and_resume(micro_base: Path, tmp_path:
     assert [json.loads(x)["iteration"] for x in plans] == list(range(report["iterations"]))
 
 
+@pytest.mark.timeout(200)
+def test_spotlight_run_trains_lora_adapters_publishes_only_them_and_resumes(
+    micro_base: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.lora import tunable_state
+
+    run_dir = tmp_path / "run"
+    common = ["--no-spot", "--json", "--set", "trainer.lora_rank=2", *SMALL,
+              "--set", "trainer.reward=tests.micro:redness_reward"]  # fmt: skip
+    proc = _spotlight_run(
+        [*common, "--iterations", "2", "--run-dir", str(run_dir),
+         "--set", f"trainer.base={micro_base}"],
+        timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["ok"] and report["iterations"] == 2
+    policy, card = load_checkpoint(run_dir / "checkpoint")
+    assert card.lora is not None and (card.lora["rank"], card.lora["alpha"]) == (2, 4)
+    assert (run_dir / "checkpoint" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    # Only the adapters trained: every base tensor is the base's, bit for bit.
+    base, _ = load_checkpoint(micro_base)
+    trained = policy.state_dict()
+    for name, value in base.state_dict().items():
+        adapted = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(trained.get(name, trained.get(adapted)), value), name
+    adapters = tunable_state(policy)
+    assert any(float(v.abs().max()) > 0 for k, v in adapters.items() if "lora_B" in k)
+    # A published version is the adapters, not the model.
+    adapter_bytes = 4 * sum(v.numel() for v in adapters.values())
+    full_bytes = sum(v.numel() * v.element_size() for v in base.state_dict().values())
+    snapshot = report["stats"]["weights"]["snapshot_bytes"]
+    assert adapter_bytes <= snapshot < full_bytes / 5, (snapshot, adapter_bytes, full_bytes)
+    # --resume keeps training the same adapters on the same base.
+    proc = _spotlight_run(["--json", "--resume", str(run_dir), "--iterations", "3"], timeout=100)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["start_iteration"] == 2 and report["iterations"] == 3
+    resumed, card = load_checkpoint(run_dir / "checkpoint")
+    assert resumed.lora == policy.lora
+    assert not torch.equal(
+        tunable_state(resumed)[next(iter(adapters))], next(iter(adapters.values()))
+    )
+
+
 @pytest.mark.timeout(240)
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
     micro_base: Path, tmp_path: Path
@@ -431,8 +485,13 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("lora_rank", [0, 2], ids=["full", "lora"])
+def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path, lora_rank: int) -> None:
     """The whole system: spot node processes from a trace, explored seeds, preemptions.
+
+    With LoRA the nodes load the base from its path themselves and receive adapters only:
+    their rollouts are still accepted as the trainer's (weights of another shape would be
+    refused on arrival, "rejects weights" in the nodes' log).
 
     The base is the micro checkpoint, a config no name stands for: spot nodes build the
     coordinator's DiTConfig from its answer, so the published weights fit. A time budget,
@@ -445,7 +504,8 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path) -> N
          "--set", "run.time_budget_s=45",
          "--set", f"trainer.base={micro_base}", "--set", "spot.time_scale=10",
          "--set", "trainer.prompts_per_iter=4", "--set", "trainer.group_size=4",
-         "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=2"],
+         "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=2",
+         "--set", f"trainer.lora_rank={lora_rank}"],
         timeout=360,
     )  # fmt: skip
     report = _reaped_report(proc, run_dir, _node_pids)
@@ -465,6 +525,12 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path) -> N
     rollouts = report["rollouts"]
     assert rollouts["mode"] == "pool" and rollouts["samples_by_spot"] > 0, rollouts
     assert rollouts["samples"] == rollouts["samples_by_trainer"] + rollouts["samples_by_spot"]
+    if lora_rank:  # the versions the nodes sampled with were adapters only
+        from spotlight.models.checkpoint import load_checkpoint
+
+        base, _ = load_checkpoint(micro_base)
+        full = sum(v.numel() * v.element_size() for v in base.state_dict().values())
+        assert report["stats"]["weights"]["snapshot_bytes"] < full / 5
 
 
 @pytest.mark.slow

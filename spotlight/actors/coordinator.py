@@ -64,6 +64,7 @@ from typing import Any, Literal
 
 import spotlight.actors.explorer  # noqa: F401 - registers SamplerConfig as a wire type
 from spotlight.actors.metrics import MetricsPublisher
+from spotlight.actors.policy_spec import PolicySpec
 from spotlight.actors.preemption import PreemptionReport
 from spotlight.actors.prices import NODE_CLASSES, CostMeter, CostSummary, Prices
 from spotlight.models.dit import DiTConfig
@@ -183,7 +184,7 @@ class Coordinator(Actor):
         planner: ActorRef | None = None,
         scheduler: ActorRef | None = None,
         sampler: SamplerConfig | None = None,
-        model: DiTConfig | str = "tiny",
+        model: DiTConfig | str | PolicySpec = "tiny",
         rollouts: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         metrics_period_s: float = 1.0,
@@ -192,7 +193,9 @@ class Coordinator(Actor):
         """``publisher``: a :class:`~spotlight.actors.weight_publish.WeightPublisher` on this
         process's loop (``subscribe``/``unsubscribe``), or None (no weights pushed).
         ``model``: the trainer's policy config (its base checkpoint's card), sent to every
-        node so its explorer builds the same shapes; a name only for named configs.
+        node so its explorer builds the same shapes; a name only for named configs; a
+        :class:`PolicySpec` with LoRA also sends the adapters' settings and the base path
+        (answer's ``lora``: nodes then load the base themselves and receive adapters only).
         ``rollouts``: what a node needs to serve the trainer's rollouts, passed on as is in
         ``register_node``'s answer (``scheduler``: the rollout scheduler's ref,
         ``settings``: ``RolloutSettings``, ``timing``: ``SchedulingConfig``); None: rollouts
@@ -201,8 +204,10 @@ class Coordinator(Actor):
             raise ValueError(f"prices must be a Prices, got {prices!r}")
         if not run_id:
             raise ValueError("run_id must be a non-empty string")
-        if not isinstance(model, DiTConfig | str):
-            raise ValueError(f"model must be a DiTConfig or a config name, got {model!r}")
+        if not isinstance(model, DiTConfig | str | PolicySpec):
+            raise ValueError(
+                f"model must be a PolicySpec, a DiTConfig or a config name, got {model!r}"
+            )
         for name, value in (
             ("metrics_period_s", metrics_period_s),
             ("call_timeout_s", call_timeout_s),
@@ -216,7 +221,8 @@ class Coordinator(Actor):
         self.planner = planner
         self.scheduler = scheduler
         self.sampler = sampler or SamplerConfig()
-        self.model = model
+        self.model = model.config if isinstance(model, PolicySpec) else model
+        self.lora_offer = model.lora_offer() if isinstance(model, PolicySpec) else None
         self.rollouts = rollouts
         self._clock = clock
         self._period_s = metrics_period_s
@@ -272,8 +278,9 @@ class Coordinator(Actor):
         old id and address is told apart from the one before.
 
         Returns what the node needs to work: ``scheduler``, ``planner``, ``monitor``
-        (refs or None), ``model`` (the trainer's ``DiTConfig`` as a dict, or a config name;
-        :func:`~spotlight.actors.explorer.model_config` rebuilds it), ``sampler`` (the
+        (refs or None), ``model`` (the trainer's ``DiTConfig`` as a dict, or a config name),
+        ``lora`` (None, or the adapters' settings and base path;
+        :meth:`PolicySpec.from_answer` rebuilds both), ``sampler`` (the
         trainer's ``SamplerConfig`` as a dict; :func:`sampler_from_dict` rebuilds it),
         ``weight_version`` (-1: none yet).
         """
@@ -346,6 +353,7 @@ class Coordinator(Actor):
             "planner": self.planner,
             "monitor": self.monitor,
             "model": self.model if isinstance(self.model, str) else self.model.to_dict(),
+            "lora": self.lora_offer,
             "sampler": asdict(self.sampler),
             "weight_version": self._latest_version(),
             "run_id": self.run_id,

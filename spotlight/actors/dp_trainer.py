@@ -78,7 +78,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed import ProcessGroup
 
-from spotlight.models.dit import DiTPolicy
+from spotlight.models.dit import DiTPolicy, VelocityModel
 from spotlight.models.flow_grpo import (
     FlowGrpoConfig,
     GradSync,
@@ -380,7 +380,7 @@ def dp_iteration(
     ctx: DPContext,
     *,
     shuffle_seed: int = 0,
-    ref_policy: DiTPolicy | None = None,
+    ref_policy: VelocityModel | None = None,
     trajectories: Sequence[TrajectoryState] | None = None,
 ) -> IterationStats:
     """One Flow-GRPO iteration on the GLOBAL batch, each rank rolling out its whole groups.
@@ -432,7 +432,7 @@ def _sharded_iteration(
     config: FlowGrpoConfig,
     ctx: DPContext,
     shuffle_seed: int,
-    ref_policy: DiTPolicy | None,
+    ref_policy: VelocityModel | None,
 ) -> IterationStats:
     """``dp_iteration`` for world > 1, on checked arguments."""
     g = config.group_size

@@ -71,6 +71,7 @@ import numpy as np
 import torch
 
 from spotlight.actors.leases import Lease
+from spotlight.actors.policy_spec import PolicySpec
 from spotlight.actors.rollout import DrainReport
 from spotlight.actors.sampling_backend import (
     BackendFactory,
@@ -81,7 +82,7 @@ from spotlight.actors.sampling_backend import (
 from spotlight.actors.weight_publish import WeightInbox
 from spotlight.actors.weight_share import WeightManifest
 from spotlight.actors.weight_slot import WeightReceiver, WeightSlot, weights_fit
-from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
+from spotlight.models.dit import DiTConfig, DiTPolicy
 from spotlight.models.flow_grpo import decode, generate
 from spotlight.models.rewards import build_reward
 from spotlight.models.sampler import SamplerConfig
@@ -97,7 +98,6 @@ __all__ = [
     "ExplorerStats",
     "WeightSlot",
     "explore_rewards",
-    "model_config",
     "sampler_for_steps",
     "weights_fit",
 ]
@@ -128,25 +128,6 @@ def sampler_for_steps(base: SamplerConfig, num_steps: int) -> SamplerConfig:
         stop = -((-window[1] * num_steps) // base.num_steps)  # ceil
         window = (start, max(start + 1, min(num_steps, stop)))
     return replace(base, num_steps=num_steps, sde_window=window)
-
-
-def model_config(spec: DiTConfig | str | Mapping[str, Any]) -> DiTConfig:
-    """The policy config an explorer builds, from any form it travels in.
-
-    A spot node learns the trainer's model from the coordinator as plain data
-    (``DiTConfig.to_dict()``; msgpack turns its tuples into lists, which
-    :meth:`DiTConfig.from_dict` restores), so any base checkpoint can be explored, not just
-    a named config; a name (``"tiny"``, the explorer CLI's ``--model``) still works.
-    """
-    if isinstance(spec, DiTConfig):
-        return spec
-    if isinstance(spec, str):
-        return get_config(spec)
-    if isinstance(spec, Mapping):
-        return DiTConfig.from_dict(dict(spec))
-    raise ValueError(
-        f"model must be a DiTConfig, a config name or a DiTConfig as a dict, got {spec!r}"
-    )
 
 
 @register_wire_type(name="spotlight.ExploreSettings")
@@ -302,15 +283,16 @@ class ExplorerActor(Actor):
         *,
         scheduler: ActorRef,
         worker_id: str,
-        model: DiTConfig | str | Mapping[str, Any] = "tiny",
+        model: PolicySpec | DiTConfig | str | Mapping[str, Any] = "tiny",
         settings: ExploreSettings | None = None,
         announce_to: ActorRef | None = None,
         inbox: WeightInbox | None = None,
         backend: BackendFactory | None = None,
         pause_while: Callable[[], bool] | None = None,
     ) -> None:
-        """``model``: the trainer's policy config, as a :class:`DiTConfig`, a name, or the
-        dict of ``register_node``'s answer (see :func:`model_config`). ``inbox``: the chunk
+        """``model``: what to build (:class:`PolicySpec`: with LoRA, the base from disk and
+        the adapters), or just the trainer's policy config, as a :class:`DiTConfig`, a name,
+        or the dict of ``register_node``'s answer (see :func:`~spotlight.actors.policy_spec.model_config`). ``inbox``: the chunk
         assembler behind ``weight_chunk`` (default: a new
         :class:`~spotlight.actors.weight_publish.WeightInbox`). ``backend``: builds where the
         sampling pass runs from the policy and reward (default: :class:`ThreadBackend`, SP
@@ -319,7 +301,8 @@ class ExplorerActor(Actor):
         the trainer's requests); a batch already sampling finishes."""
         self.scheduler = scheduler
         self.worker_id = worker_id
-        self.model = model_config(model)
+        self.spec = model if isinstance(model, PolicySpec) else PolicySpec.from_answer(model)
+        self.model = self.spec.config
         self.settings = settings or ExploreSettings()
         self.announce_to = announce_to
         self.weights = WeightReceiver(f"explorer {worker_id}", inbox)
@@ -347,7 +330,7 @@ class ExplorerActor(Actor):
         self._drain_report: DrainReport | None = None
 
     async def on_start(self) -> None:
-        self.policy = build_policy(self.model)  # weights come from load_weights
+        self.policy = await asyncio.to_thread(self.spec.build)  # weights: load_weights
         self._reward = build_reward(self.settings.reward)
         loop = asyncio.get_running_loop()
         self._tasks = [

@@ -53,6 +53,7 @@ from spotlight.actors.scheduler import SchedulingConfig
 from spotlight.actors.weight_share import WeightManifest
 from spotlight.actors.weight_slot import WeightReceiver
 from spotlight.models.dit import DiTPolicy, TextEmbedding
+from spotlight.models.lora import load_tunable_state
 from spotlight.models.sampler import (
     SamplerConfig,
     TrajectoryState,
@@ -414,7 +415,7 @@ class RolloutWorker(Actor):
         if pending is None:
             return
         version, state = pending
-        await asyncio.to_thread(self.policy.load_state_dict, dict(state), strict=True)
+        await asyncio.to_thread(load_tunable_state, self.policy, state)
         log.info("rollout worker %s now at weight version %d", self.worker_id, version)
 
     async def _versions_match(self) -> bool:

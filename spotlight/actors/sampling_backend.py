@@ -25,6 +25,7 @@ import numpy as np
 from torch import Tensor
 
 from spotlight.models.dit import DiTPolicy
+from spotlight.models.lora import load_tunable_state
 
 if TYPE_CHECKING:
     from spotlight.actors.explorer import ExploreSettings
@@ -75,7 +76,7 @@ class ThreadBackend:
         self.reward_fn = reward_fn
 
     async def load(self, version: int, state: Mapping[str, Tensor]) -> None:
-        await asyncio.to_thread(self.policy.load_state_dict, dict(state), strict=True)
+        await asyncio.to_thread(load_tunable_state, self.policy, state)
 
     async def rewards(
         self,

@@ -66,6 +66,7 @@ from spotlight.actors.sp_work import LocalWorkSource, SPRequest, check_group_con
 from spotlight.actors.weight_share import SharedWeights, publish_to_shm
 from spotlight.models.dit import DiTConfig, DiTPolicy
 from spotlight.models.flow_grpo import decode
+from spotlight.models.lora import load_tunable_state
 from spotlight.runtime import ActorRef, Runtime
 from spotlight.runtime.errors import SpotlightError
 
@@ -241,7 +242,7 @@ class SPBackend:
         """Publish ``version`` to /dev/shm once; every member copies it from there."""
         assert self.policy is not None, "factory() binds the policy before any load"
         t0 = time.perf_counter()
-        await asyncio.to_thread(self.policy.load_state_dict, dict(state), strict=True)
+        await asyncio.to_thread(load_tunable_state, self.policy, state)
         shared = await asyncio.to_thread(
             publish_to_shm, state, node=self.config.node, version=version
         )

@@ -65,7 +65,8 @@ from pathlib import Path
 from typing import Any
 
 from spotlight.actors.coordinator import sampler_from_dict
-from spotlight.actors.explorer import ExplorerActor, ExploreSettings, model_config
+from spotlight.actors.explorer import ExplorerActor, ExploreSettings
+from spotlight.actors.policy_spec import PolicySpec
 from spotlight.actors.preemption import PreemptionHandler, PreemptionReport
 from spotlight.actors.rollout import DrainReport, Occupancy, RolloutWorker
 from spotlight.actors.sampling_backend import BackendFactory
@@ -215,9 +216,18 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             log.error("the coordinator named no explore scheduler: nothing to do")
             return 1
         try:
-            model = model_config(answer.get("model", "tiny"))
+            model = PolicySpec.from_answer(
+                answer.get("model", "tiny"), answer.get("lora"), base_override=args.base
+            )
         except ValueError as exc:
             log.error("the coordinator's model config is unusable: %s", exc)
+            return 1
+        if model.lora is not None and args.sp_degree > 1:
+            log.error(
+                "LoRA runs do not support SP groups on spot nodes yet (sp_degree %d): "
+                "use spot.sp_degree=1 or full fine-tuning",
+                args.sp_degree,
+            )
             return 1
         settings = ExploreSettings(
             trainer_sampler=sampler_from_dict(answer["sampler"]),
@@ -309,7 +319,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
     return 0
 
 
-async def _start_sp_group(rt: Runtime, args: argparse.Namespace, model: Any) -> SPBackend:
+async def _start_sp_group(rt: Runtime, args: argparse.Namespace, model: PolicySpec) -> SPBackend:
     """The node's SP group (``--gpus`` members at ``--sp-degree``); metrics go to the run's
     monitor (actor ``monitor`` beside the coordinator) when there is one."""
     config = NodeSPConfig(
@@ -324,22 +334,20 @@ async def _start_sp_group(rt: Runtime, args: argparse.Namespace, model: Any) -> 
         monitor = await rt.lookup(args.coordinator, "monitor", timeout=args.call_timeout_s)
     except (SpotlightError, TimeoutError):
         log.info("no monitor beside the coordinator: SP group metrics are not published")
-    return await SPBackend.start(rt, config, model, monitor=monitor)
+    return await SPBackend.start(rt, config, model.config, monitor=monitor)
 
 
 async def _start_rollout_worker(
     rt: Runtime,
     args: argparse.Namespace,
-    model: Any,
+    model: PolicySpec,
     offer: dict[str, Any] | None,
     occupancy: Occupancy,
 ) -> ActorRef | None:
     """The node's rollout worker when the coordinator offers rollouts, else None."""
     if not offer or offer.get("scheduler") is None:
         return None
-    from spotlight.models.dit import build_policy
-
-    policy = await asyncio.to_thread(build_policy, model)  # weights come from the publisher
+    policy = await asyncio.to_thread(model.build)  # weights (or adapters) from the publisher
     policy.train()  # the trainer's sampling mode (flow_grpo.py): its log-probs must match
     return await rt.spawn(
         RolloutWorker,
@@ -423,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
         "divide the model's attention heads and image tokens)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (per SP member too)")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="this node's copy of the trainer's base checkpoint (LoRA runs; default: the "
+        "trainer's path, which must then exist here)",
+    )
     p.add_argument("--mode", default="sde", choices=("sde", "ode"), help="exploration sampler")
     p.add_argument("--pull-batch", type=int, default=8, help="requests sampled together")
     p.add_argument("--micro-batch", type=int, default=16, help="samples per forward pass")

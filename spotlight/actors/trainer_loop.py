@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from spotlight.actors.rollout_pool import RolloutPool
     from spotlight.actors.weight_publish import WeightPublisher
     from spotlight.models.flow_grpo import FlowGrpoConfig, IterationStats
+    from spotlight.models.lora import LoraSettings
     from spotlight.runtime import ActorRef
 
 __all__ = ["TrainerLoop", "TrainerLoopConfig", "TrainerSummary", "init_context"]
@@ -110,6 +111,9 @@ class TrainerLoopConfig:
     reward: str = "geneval"
     base: str | None = None
     """Base checkpoint directory; None = the cached tiny base."""
+    lora: LoraSettings | None = None
+    """Train these LoRA adapters on the frozen base instead of every weight; published
+    versions then carry the adapters only, and the KL reference is the base itself."""
     explore: bool = False
     """Ask the planner for explored seeds (False: random seeds, no planner calls)."""
     plan_timeout_s: float = 5.0
@@ -241,6 +245,7 @@ class TrainerLoop:
         from spotlight.models import scenes
         from spotlight.models.batches import validation_set
         from spotlight.models.checkpoint import load_checkpoint
+        from spotlight.models.lora import AdapterFreeReference, attach_lora
 
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -257,20 +262,36 @@ class TrainerLoop:
                     f"--resume {self.run_dir}: no checkpoint/state.json to resume from"
                 )
             self.policy, _ = load_checkpoint(ckpt)
+            if self.policy.lora != cfg.lora:
+                raise ValueError(
+                    f"--resume {self.run_dir}: the checkpoint trains LoRA {self.policy.lora}, "
+                    f"the config asks for {cfg.lora}; resume with the run's own settings"
+                )
             state = json.loads((ckpt / "state.json").read_text())
             self.iteration = int(state["iteration"])
             self.weight_version = int(state.get("weight_version", self.iteration))
         else:
             self.policy, _ = load_checkpoint(base)
+            if self.policy.lora is not None:
+                raise ValueError(
+                    f"base {base} carries LoRA adapters {self.policy.lora}; give the plain base "
+                    "it was trained on (a run's checkpoint resumes with --resume)"
+                )
+            if cfg.lora is not None:
+                attach_lora(self.policy, cfg.lora)  # same seeded adapters on every DP rank
         device = self.ctx.device  # the rank's GPU under NCCL, else the CPU
         self.policy.to(device)
-        self.ref_policy = None
-        if cfg.algo.grpo.kl_beta > 0:
+        self.ref_policy: Any = None
+        if cfg.algo.grpo.kl_beta > 0 and cfg.lora is not None:
+            self.ref_policy = AdapterFreeReference(self.policy)  # the base, without a copy
+        elif cfg.algo.grpo.kl_beta > 0:
             self.ref_policy, _ = load_checkpoint(base)
             self.ref_policy.requires_grad_(False)
             self.ref_policy.to(device)
         self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=cfg.algo.lr,
+            weight_decay=cfg.algo.weight_decay,
         )
         if self.resume:
             self.optimizer.load_state_dict(
@@ -399,6 +420,7 @@ class TrainerLoop:
         import torch
 
         from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
+        from spotlight.models.lora import save_diffusers_lora
 
         tmp = self.run_dir / "checkpoint.partial"
         if tmp.exists():
@@ -411,6 +433,8 @@ class TrainerLoop:
             },
         )
         save_checkpoint(self.policy, tmp, card)
+        if self.policy.lora is not None:  # for inference: QwenImagePipeline.load_lora_weights
+            save_diffusers_lora(self.policy, tmp / "lora")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         state = {"iteration": iteration, "weight_version": self.weight_version}
         (tmp / "state.json").write_text(json.dumps(state) + "\n")
@@ -422,6 +446,13 @@ class TrainerLoop:
         tmp.replace(final)
         if old.exists():
             shutil.rmtree(old)
+
+    def _publish_weights(self, version: int) -> None:
+        """θ_version to every subscriber: all tensors, or the adapters only with LoRA."""
+        from spotlight.models.lora import tunable_state
+
+        if self.publisher is not None:
+            self.publisher.publish(version, tunable_state(self.policy))
 
     def _curve(self) -> None:
         from spotlight.models.curves import plot_curve
@@ -468,8 +499,7 @@ class TrainerLoop:
         last_validated = -1
         last_saved = start if self.resume else -1
         if leader:
-            if self.publisher is not None:
-                self.publisher.publish(self.weight_version, self.policy)
+            self._publish_weights(self.weight_version)
             if not self.resume:
                 await self._validation(0)
                 last_validated = 0
@@ -533,8 +563,7 @@ class TrainerLoop:
             self.weight_version = k
             if not leader:
                 continue
-            if self.publisher is not None:
-                self.publisher.publish(k, self.policy)
+            self._publish_weights(k)
             seconds = time.time() - t_iter
             await self._record_iteration(seconds, 0.0 if pooled is None else pooled.seconds)
             self._n["fallback_seeds"] += plan.fallback_seeds

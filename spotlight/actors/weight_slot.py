@@ -17,6 +17,7 @@ from torch import Tensor
 from spotlight.actors.weight_publish import WeightInbox
 from spotlight.actors.weight_share import WeightManifest
 from spotlight.models.dit import DiTPolicy
+from spotlight.models.lora import tunable_shapes
 
 __all__ = ["WeightReceiver", "WeightSlot", "weights_fit"]
 
@@ -30,7 +31,7 @@ def weights_fit(policy: DiTPolicy, state: Mapping[str, Any], *, version: int) ->
     with both shapes named instead of killing the sampling loop later inside
     ``load_state_dict``.
     """
-    own = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    own = tunable_shapes(policy)
     got = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
     missing = sorted(own.keys() - got.keys())
     unexpected = sorted(got.keys() - own.keys())
@@ -45,7 +46,8 @@ def weights_fit(policy: DiTPolicy, state: Mapping[str, Any], *, version: int) ->
     raise ValueError(
         f"weight version {version} does not fit this explorer's model config "
         f"{policy.config.name!r} ({len(wrong)} shape mismatch(es)): {'; '.join(problems)}; "
-        "the explorer must build the trainer's base config (register_node's 'model')"
+        "the explorer must build the trainer's base config and LoRA adapters (register_node's "
+        "'model' and 'lora')"
     )
 
 

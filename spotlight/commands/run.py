@@ -73,8 +73,8 @@ from spotlight.commands.run_torchrun import record_exit
 from spotlight.system_config import ConfigError, SystemConfig, load_config
 
 if TYPE_CHECKING:
+    from spotlight.actors.policy_spec import PolicySpec
     from spotlight.actors.trainer_loop import TrainerLoopConfig, TrainerSummary
-    from spotlight.models.dit import DiTConfig
 
 __all__ = ["add_arguments", "resolve_ondemand_gpus", "run", "trainer_loop_config"]
 
@@ -247,6 +247,7 @@ def trainer_loop_config(cfg: SystemConfig) -> TrainerLoopConfig:
         seed=cfg.run.seed,
         reward=cfg.trainer.reward,
         base=cfg.trainer.base,
+        lora=cfg.trainer.lora(),
         explore=cfg.trainer.seeds == "explored",
         plan_timeout_s=cfg.planner.plan_timeout_s,
         # Not when this host also runs the spot pool's explorer processes (measured 6× slower).
@@ -302,19 +303,23 @@ def resolve_ondemand_gpus(cfg: SystemConfig, world_size: int) -> SystemConfig:
     return dataclasses.replace(cfg, spot=dataclasses.replace(cfg.spot, ondemand_gpus=gpus))
 
 
-def _model_config(cfg: SystemConfig, progress: bool) -> DiTConfig:
-    """The base checkpoint's policy config: what the explorers build (the coordinator sends
-    it to every spot node; the weights come from the trainer), so any base can be explored.
+def _policy_spec(cfg: SystemConfig, progress: bool) -> PolicySpec:
+    """What the explorers build: the base checkpoint's policy config (the coordinator sends
+    it to every spot node; the weights come from the trainer), so any base can be explored;
+    with LoRA also the adapters and the base's path (nodes load the frozen base themselves).
 
     With no base configured this is where the cached tiny base is built on first use
     (minutes; a progress bar on a terminal), before the live view starts."""
+    from spotlight.actors.policy_spec import PolicySpec
     from spotlight.models.checkpoint import read_card
 
     if cfg.trainer.base is None:
         from spotlight.models.base import ensure_base
 
-        return read_card(ensure_base(progress=progress)).config
-    return read_card(cfg.trainer.base).config
+        base = str(ensure_base(progress=progress))
+    else:
+        base = cfg.trainer.base
+    return PolicySpec(config=read_card(base).config, lora=cfg.trainer.lora(), base=base)
 
 
 def check_sp_degree(cfg: SystemConfig) -> None:
@@ -458,7 +463,7 @@ async def _main(
             planner=planner,
             scheduler=scheduler,
             sampler=loop_cfg.algo.sampler,
-            model=await asyncio.to_thread(_model_config, cfg, not out.json_lines),
+            model=await asyncio.to_thread(_policy_spec, cfg, not out.json_lines),
             rollouts=rollouts.offer() if rollouts is not None else None,
             name="coordinator",
         )

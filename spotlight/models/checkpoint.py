@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
+from spotlight.models.lora import LoraSettings, attach_lora
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -48,6 +49,9 @@ class CheckpointCard:
     """Anything else worth keeping: loss curve, per-prompt scores, wall time."""
     versions: dict[str, str] = field(default_factory=dict)
     """Library versions at save time (filled in by :func:`save_checkpoint`)."""
+    lora: dict[str, Any] | None = None
+    """The policy's LoRA settings when its weights include adapters (filled in by
+    :func:`save_checkpoint`); loading attaches the same adapters before the weights."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +63,7 @@ class CheckpointCard:
             "recipe": self.recipe,
             "metrics": self.metrics,
             "versions": self.versions,
+            "lora": self.lora,
         }
 
     @classmethod
@@ -75,6 +80,7 @@ class CheckpointCard:
             recipe=dict(data.get("recipe") or {}),
             metrics=dict(data.get("metrics") or {}),
             versions=dict(data.get("versions") or {}),
+            lora=data.get("lora"),
         )
 
 
@@ -111,6 +117,7 @@ def save_checkpoint(policy: DiTPolicy, path: str | os.PathLike[str], card: Check
         recipe=card.recipe,
         metrics=card.metrics,
         versions={**_versions(), **card.versions},
+        lora=None if policy.lora is None else policy.lora.to_dict(),
     )
     with tempfile.NamedTemporaryFile(dir=out, suffix=".tmp", delete=False) as f:
         tmp_weights = Path(f.name)
@@ -165,6 +172,12 @@ def load_checkpoint(
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint weights {weights_path} are corrupt: {e}") from e
     policy = build_policy(card.config)
+    if card.lora is not None:
+        try:
+            settings = LoraSettings.from_dict(card.lora)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint card {path} has unusable LoRA settings: {e}") from e
+        attach_lora(policy, settings)
     try:
         policy.load_state_dict(state, strict=True)
     except RuntimeError as e:

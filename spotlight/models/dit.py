@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from diffusers import QwenImageTransformer2DModel
 from torch import Tensor, nn
 
 from spotlight.models import vocab
+
+if TYPE_CHECKING:
+    from spotlight.models.lora import LoraSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +270,15 @@ class TinyTextEncoder(nn.Module):
 PromptEncoder = Callable[[Sequence[str]], TextEmbedding]
 
 
+class VelocityModel(Protocol):
+    """What a KL reference must offer: a :class:`DiTPolicy`, or the policy's frozen base
+    seen through :class:`~spotlight.models.lora.AdapterFreeReference`."""
+
+    def encode_prompts(self, prompts: Sequence[str]) -> TextEmbedding: ...
+
+    def __call__(self, x_BNC: Tensor, sigma_B: Tensor, text: TextEmbedding) -> Tensor: ...
+
+
 class DiTPolicy(nn.Module):
     """Velocity model over packed tokens: ``forward(x_BNC, sigma_B, text) -> v_BNC`` (float32)."""
 
@@ -285,6 +297,8 @@ class DiTPolicy(nn.Module):
         # real model's encoder (qwen_image.py) is a frozen callable kept outside the parameters.
         self.text_encoder = text_encoder
         self._prompt_encoder = prompt_encoder
+        self.lora: LoraSettings | None = None
+        """The adapters :func:`~spotlight.models.lora.attach_lora` added (None: full weights)."""
 
     @property
     def device(self) -> torch.device:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spotlight.models.dit import DiTPolicy, TextEmbedding, images_to_uint8
+from spotlight.models.dit import DiTPolicy, TextEmbedding, VelocityModel, images_to_uint8
 from spotlight.models.grpo import (
     GrpoConfig,
     LossDiagnostics,
@@ -295,7 +295,7 @@ def step_log_probs(
     step: int,
     sampler: SamplerConfig,
     *,
-    ref_policy: DiTPolicy | None = None,
+    ref_policy: VelocityModel | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Re-evaluated log-prob [B] of recorded step ``step`` (with autograd), and the KL to
     ``ref_policy``'s Gaussian at the same point if one is given."""
@@ -351,7 +351,7 @@ def train_on_rollout(
     config: FlowGrpoConfig,
     *,
     shuffle_seed: int = 0,
-    ref_policy: DiTPolicy | None = None,
+    ref_policy: VelocityModel | None = None,
     grad_sync: GradSync | None = None,
 ) -> tuple[LossDiagnostics, float, float, int]:
     """The clipped GRPO update(s) on one rollout batch.
@@ -465,7 +465,7 @@ def flow_grpo_iteration(
     config: FlowGrpoConfig,
     *,
     shuffle_seed: int = 0,
-    ref_policy: DiTPolicy | None = None,
+    ref_policy: VelocityModel | None = None,
     grad_sync: GradSync | None = None,
     trajectories: Sequence[TrajectoryState] | None = None,
 ) -> tuple[IterationStats, Rollout]:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spotlight.models.dit import DiTPolicy
+from spotlight.models.dit import DiTPolicy, VelocityModel
 from spotlight.models.sampler import TrajectoryState, keyed_generator, keyed_noise
 
 __all__ = ["NftConfig", "NftLoss", "forward_points", "nft_loss", "nft_train", "reward_probability"]
@@ -170,7 +170,7 @@ def nft_train(
     config: NftConfig,
     *,
     key: str,
-    ref_policy: DiTPolicy | None = None,
+    ref_policy: VelocityModel | None = None,
     kl_beta: float = 0.0,
 ) -> tuple[list[NftLoss], list[float]]:
     """One pass of NFT updates over a rollout batch (``update_groups``: chunk indices per

@@ -130,10 +130,10 @@ def _load_prompt_encoder(
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         root / "tokenizer", local_files_only=True
     )
-    encoder = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    encoder: torch.nn.Module = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
         root / "text_encoder", torch_dtype=dtype, local_files_only=True
-    ).to(device)
-    return QwenPromptEncoder(tokenizer, encoder)
+    )
+    return QwenPromptEncoder(tokenizer, encoder.to(device))
 
 
 def load_qwen_image(

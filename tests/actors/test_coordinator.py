@@ -308,7 +308,7 @@ def test_nodes_get_the_trainers_model_config_and_a_rejoined_node_is_registered_a
     """The answer carries the full DiTConfig (not a name), plain data that survives the wire;
     a node that re-joins under its old id (new process, new explorer) is registered again and
     the old incarnation's unregistration is sent once, not repeated for the new one."""
-    from spotlight.actors.explorer import model_config
+    from spotlight.actors.policy_spec import model_config
     from tests.micro import MICRO
 
     async def body() -> None:

@@ -42,6 +42,7 @@ from spotlight.actors.dp_trainer import (
 from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig, IterationStats, flow_grpo_iteration
 from spotlight.models.grpo import GrpoConfig
+from spotlight.models.lora import LoraSettings, attach_lora
 from spotlight.models.sampler import SamplerConfig
 
 WORLD = 2
@@ -85,18 +86,32 @@ def _optimizer(policy: torch.nn.Module, config: FlowGrpoConfig) -> torch.optim.O
     # eps 1e-6, not AdamW's 1e-8: Adam divides by sqrt(v) + eps, so a gradient element that is
     # rounding noise (~1e-11, where terms cancel) becomes a step of up to lr·1e-11/eps. With
     # eps 1e-8 that is ~1e-6, the tolerance itself; the gradients agree either way.
-    return torch.optim.AdamW(policy.parameters(), lr=config.lr, eps=1e-6)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=config.lr, eps=1e-6)
 
 
-CASES = {"even": (2, "flow_grpo"), "uneven": (3, "flow_grpo"), "nft_uneven": (3, "nft")}
-"""Case name -> (groups per iteration, objective); 3 groups on 2 ranks: shards of 2 and 1."""
+LORA = LoraSettings(rank=4, alpha=8)
+
+CASES = {
+    "even": (2, "flow_grpo", False),
+    "uneven": (3, "flow_grpo", False),
+    "nft_uneven": (3, "nft", False),
+    "lora_uneven": (3, "flow_grpo", True),
+}
+"""Case name -> (groups per iteration, objective, LoRA); 3 groups on 2 ranks: shards of 2
+and 1. With LoRA only the adapters train (and only their gradients are all-reduced)."""
 
 
-def _run_single(groups: int, objective: str) -> dict[str, Any]:
+def _policy(seed: int, lora: bool) -> torch.nn.Module:
+    policy = build_policy("tiny", seed=seed)
+    return attach_lora(policy, LORA) if lora else policy
+
+
+def _run_single(groups: int, objective: str, lora: bool) -> dict[str, Any]:
     """The 1-rank reference: flow_grpo_iteration on the global batch (1 thread, like the
     ranks: the same kernels, and no spinning threads competing with them)."""
     config = _config(groups, objective)
-    policy = build_policy("tiny", seed=POLICY_SEED)
+    policy = _policy(POLICY_SEED, lora)
     opt = _optimizer(policy, config)
     stats = []
     for it in range(ITERATIONS):
@@ -114,10 +129,10 @@ def _child_main(out_dir: Path) -> None:
     torch.set_num_threads(1)
     ctx = init_data_parallel("gloo", timeout_s=60.0)
     results: dict[str, Any] = {"rank": ctx.rank, "world": ctx.world}
-    for case, (groups, objective) in CASES.items():
+    for case, (groups, objective, lora) in CASES.items():
         config = _config(groups, objective)
         # Rank 1 starts from other weights: broadcast_parameters must make them rank 0's.
-        policy = build_policy("tiny", seed=POLICY_SEED + ctx.rank)
+        policy = _policy(POLICY_SEED + ctx.rank, lora)
         broadcast_parameters(policy, ctx)
         opt = _optimizer(policy, config)
         stats = []
@@ -261,9 +276,14 @@ def test_two_rank_update_equals_one_rank(dp_results: dict[str, Any], case: str) 
             _stats_close(got, want, i)
     print(f"{case}: max |param diff| vs 1 rank = {worst:.2e}")
     # The update actually moved the weights (a no-op would also "match").
-    start = build_policy("tiny", seed=POLICY_SEED).state_dict()
+    start = _policy(POLICY_SEED, CASES[case][2]).state_dict()
     moved = max(float((ref["state"][k] - v).abs().max()) for k, v in start.items() if v.numel())
     assert moved > 100 * ATOL
+    if CASES[case][2]:  # LoRA: the base stays frozen on every rank
+        for res in dp_results["ranks"]:
+            for name, value in start.items():
+                if "lora_" not in name:
+                    assert torch.equal(res[case]["state"][name], value), name
 
 
 @pytest.mark.timeout(240)

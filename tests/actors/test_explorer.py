@@ -301,7 +301,7 @@ def test_weight_chunks_from_the_publisher_become_the_explorers_weights() -> None
 
 
 def test_model_config_accepts_a_config_a_name_or_wire_data() -> None:
-    from spotlight.actors.explorer import model_config
+    from spotlight.actors.policy_spec import model_config
     from spotlight.models.dit import get_config
     from tests.micro import MICRO
 
