@@ -118,7 +118,11 @@ class TrainerSection:
     base: str | None = None
     """Base checkpoint directory; None = the cached tiny base (built on first use)."""
     reward: str = "geneval"
-    """Reward: geneval (programmatic count/colour/position) or ocr."""
+    """Reward: geneval (programmatic count/colour/position) or ocr (quoted prompt text)."""
+    prompts: str | None = None
+    """A prompt file (UTF-8, one prompt per line, ``#`` comments; a seeded tenth is held out
+    for validation); None = the procedural scene captions. ``reward: ocr`` needs one whose
+    every prompt quotes the text to render (``a sign that says "OPEN"``)."""
     prompts_per_iter: int = 8
     """Prompts (groups) per iteration."""
     group_size: int = 8
@@ -151,6 +155,9 @@ class TrainerSection:
     """Held-out validation prompts per caption kind."""
     val_seeds: int = 4
     """Fixed seeds per validation prompt."""
+    resolution: int = 512
+    """Pixel side of the images with a Qwen-Image pipeline as ``base`` (a multiple of 16; 512
+    and 1024 as in the paper); a tiny-format checkpoint has its own size (32)."""
     lora_rank: int = 0
     """0 trains every weight; r >= 1 trains rank-r LoRA adapters on the attention projections
     and freezes the rest (spotlight/models/lora.py; needs the ``lora`` extra, peft). What the
@@ -180,6 +187,17 @@ class TrainerSection:
             raise ConfigError(
                 f"trainer.lora_alpha must be an integer >= 0, got {self.lora_alpha!r}"
             )
+        self._check_prompts()
+        self.latent_side()  # validates the resolution
+        if self.base is not None and self.lora_rank == 0:
+            from spotlight.models.bases import is_pipeline
+
+            if is_pipeline(self.base):
+                raise ConfigError(
+                    f"trainer.base={self.base} is a Qwen-Image pipeline, which trains with LoRA "
+                    "only (full fine-tuning of the 20B transformer needs FSDP, not built): set "
+                    "trainer.lora_rank, e.g. 32"
+                )
         from spotlight.models.flow_grpo import OBJECTIVES
 
         if self.objective not in OBJECTIVES:
@@ -197,6 +215,42 @@ class TrainerSection:
                 f"trainer.sde_window={self.sde_window!r}: expected 'start:stop' (e.g. 0:3) or 'all'"
             ) from None
         return a, b
+
+    def _check_prompts(self) -> None:
+        """The prompt file can serve the reward, checked before anything starts."""
+        if self.prompts is None:
+            if self.reward == "ocr":
+                raise ConfigError(
+                    "trainer.reward=ocr scores the quoted text of a prompt, and the scene "
+                    "captions quote none: give trainer.prompts=FILE of text-rendering prompts "
+                    '(e.g. a sign that says "OPEN")'
+                )
+            return
+        from spotlight.models.batches import read_prompt_file
+
+        try:
+            prompts = read_prompt_file(self.prompts)
+        except ValueError as e:
+            raise ConfigError(f"trainer.prompts: {e}") from None
+        if self.reward == "ocr":
+            from spotlight.models.rewards.ocr import target_text
+
+            for i, prompt in enumerate(prompts):
+                try:
+                    target_text(prompt)
+                except ValueError as e:
+                    raise ConfigError(
+                        f"trainer.prompts={self.prompts}, prompt {i + 1}: {e}"
+                    ) from None
+
+    def latent_side(self) -> int:
+        """Latent cells per side of a pipeline base at ``resolution``."""
+        from spotlight.models.bases import latent_side
+
+        try:
+            return latent_side(self.resolution)
+        except ValueError as e:
+            raise ConfigError(f"trainer.resolution: {e}") from None
 
     def lora(self) -> LoraSettings | None:
         """The adapters to train (None: every weight)."""

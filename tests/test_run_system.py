@@ -104,6 +104,8 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
             ["trainer.lora_rank=8", "spot.gpus_per_node=4", "spot.sp_degree=2"],
             r"SP groups on spot nodes do not take LoRA adapters yet",
         ),
+        (["trainer.reward=ocr"], r"trainer.reward=ocr .* give trainer.prompts=FILE"),
+        (["trainer.prompts=/no/such.txt"], r"trainer.prompts: prompt file /no/such.txt does not"),
         (["rewards.workers=-1"], r"rewards.workers must be an integer >= 0, got -1"),
         (["rewards.workers=two"], r"rewards.workers='two' is not a valid int"),
         (["rewards.actors_per_worker=0"], r"rewards.actors_per_worker must be an integer >= 1"),
@@ -118,6 +120,16 @@ def test_bad_settings_name_the_key_and_the_valid_choices(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
+
+
+def test_an_ocr_run_needs_every_prompt_to_quote_its_text(tmp_path: Path) -> None:
+    prompts = tmp_path / "signs.txt"
+    prompts.write_text('a sign that says "OPEN"\na blank sign\n')
+    with pytest.raises(ConfigError, match=r"signs.txt, prompt 2: OCR prompt 'a blank sign'"):
+        load_config(overrides=["trainer.reward=ocr", f"trainer.prompts={prompts}"])
+    prompts.write_text('a sign that says "OPEN"\na neon sign that reads "BAR"\n')
+    cfg = load_config(overrides=["trainer.reward=ocr", f"trainer.prompts={prompts}"])
+    assert cfg.trainer.prompts == str(prompts)
 
 
 def test_sp_degree_must_divide_the_base_models_heads_and_tokens(
@@ -618,3 +630,11 @@ def test_rewards_through_two_reward_workers_equal_in_process_rewards(
     assert "rewards" not in [
         json.loads(x)["topic"] for x in (tmp_path / "w0" / "metrics.jsonl").open()
     ]
+
+
+def test_the_shipped_ocr_prompt_file_serves_the_ocr_reward() -> None:
+    from spotlight.models.batches import read_prompt_file
+
+    path = REPO / "prompts" / "ocr_signs.txt"
+    cfg = load_config(overrides=["trainer.reward=ocr", f"trainer.prompts={path}"])
+    assert cfg.trainer.prompts is not None and len(read_prompt_file(cfg.trainer.prompts)) == 100

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
 from spotlight.models.lora import LoraSettings, attach_lora
 
@@ -35,24 +37,34 @@ class PolicySpec:
         if self.lora is not None and not self.base:
             raise ValueError("a LoRA policy spec needs the base checkpoint its adapters sit on")
 
-    def build(self) -> DiTPolicy:
+    def build(self, device: str | torch.device | None = None) -> DiTPolicy:
         """The receiver's policy: random weights awaiting a full version, or (LoRA) the base
-        from disk with fresh adapters awaiting an adapter version. Blocking file I/O."""
+        from disk with fresh adapters awaiting an adapter version. ``device``: where it
+        computes (None: the GPU when there is one). Blocking file I/O."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.lora is None:
-            return build_policy(self.config)
-        from spotlight.models.checkpoint import CheckpointError, load_checkpoint
+            return build_policy(self.config).to(device)
+        from spotlight.models.bases import load_base, same_shape
+        from spotlight.models.checkpoint import CheckpointError
+        from spotlight.models.qwen_image import ModelDirError
 
         assert self.base is not None
         try:
-            policy, card = load_checkpoint(self.base, config=self.config)
-        except CheckpointError as e:
+            policy = load_base(self.base, image_size=self.config.image_size, device=device)
+        except (CheckpointError, ModelDirError) as e:
             raise ValueError(
                 f"cannot load the LoRA base {self.base}: {e}; LoRA runs publish adapters only, "
-                "so every spot node needs the trainer's base checkpoint on its own disk (the same "
-                "path, or launch_spot.sh --base PATH)"
+                "so every spot node needs the trainer's base on its own disk (the same path, "
+                "or launch_spot.sh --base DIR)"
             ) from e
-        if card.lora is not None:
+        if policy.lora is not None:
             raise ValueError(f"the base {self.base} already has LoRA adapters; give the plain base")
+        if not same_shape(policy.config, self.config):
+            raise ValueError(
+                f"the base at {self.base} is {policy.config}, the trainer's is {self.config}: "
+                "give this node the trainer's base (launch_spot.sh --base DIR)"
+            )
         return attach_lora(policy, self.lora)
 
     def lora_offer(self) -> dict[str, Any] | None:

@@ -111,6 +111,12 @@ class TrainerLoopConfig:
     reward: str = "geneval"
     base: str | None = None
     """Base checkpoint directory; None = the cached tiny base."""
+    resolution: int = 512
+    """Pixel side of generated images with a Qwen-Image pipeline base (a multiple of 16);
+    a tiny-format checkpoint has its own size."""
+    prompts: str | None = None
+    """A prompt file (one per line; a seeded tenth held out for validation); None = the
+    procedural scene captions."""
     lora: LoraSettings | None = None
     """Train these LoRA adapters on the frozen base instead of every weight; published
     versions then carry the adapters only, and the KL reference is the base itself."""
@@ -223,6 +229,8 @@ class TrainerLoop:
         self.iteration = 0
         self.weight_version = 0
         self.policy: Any = None
+        self.base: Path | None = None
+        """The base the run trains on (after setup): a checkpoint or a pipeline directory."""
         self.optimizer: Any = None
         self._planned: set[int] = set()
         self._n = {"fallback_seeds": 0, "explored_seeds": 0, "plans_reused": 0}
@@ -243,11 +251,13 @@ class TrainerLoop:
         import torch
 
         from spotlight.models import scenes
-        from spotlight.models.batches import validation_set
+        from spotlight.models.bases import is_pipeline, latent_side, load_base
+        from spotlight.models.batches import file_prompt_set, scene_prompt_set
         from spotlight.models.checkpoint import load_checkpoint
         from spotlight.models.lora import AdapterFreeReference, attach_lora
 
         cfg = self.config
+        device = self.ctx.device  # the rank's GPU under NCCL, else the CPU
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.run_dir / "checkpoint"
         if cfg.base is not None:
@@ -256,12 +266,20 @@ class TrainerLoop:
             from spotlight.models.base import ensure_base
 
             base = ensure_base(progress=False)
+        self.base = base
+        image_size = latent_side(cfg.resolution) if is_pipeline(base) else None
+        if is_pipeline(base) and cfg.lora is None:
+            raise ValueError(
+                f"the pipeline base {base} trains with LoRA only (full fine-tuning of the 20B "
+                "transformer does not fit a GPU without FSDP, which is not built): set "
+                "trainer.lora_rank, e.g. 32"
+            )
         if self.resume:
             if not (ckpt / "state.json").is_file():
                 raise ValueError(
                     f"--resume {self.run_dir}: no checkpoint/state.json to resume from"
                 )
-            self.policy, _ = load_checkpoint(ckpt)
+            self.policy, _ = load_checkpoint(ckpt, device=device)
             if self.policy.lora != cfg.lora:
                 raise ValueError(
                     f"--resume {self.run_dir}: the checkpoint trains LoRA {self.policy.lora}, "
@@ -271,7 +289,7 @@ class TrainerLoop:
             self.iteration = int(state["iteration"])
             self.weight_version = int(state.get("weight_version", self.iteration))
         else:
-            self.policy, _ = load_checkpoint(base)
+            self.policy = load_base(base, image_size=image_size, device=device)
             if self.policy.lora is not None:
                 raise ValueError(
                     f"base {base} carries LoRA adapters {self.policy.lora}; give the plain base "
@@ -279,15 +297,12 @@ class TrainerLoop:
                 )
             if cfg.lora is not None:
                 attach_lora(self.policy, cfg.lora)  # same seeded adapters on every DP rank
-        device = self.ctx.device  # the rank's GPU under NCCL, else the CPU
         self.policy.to(device)
         self.ref_policy: Any = None
         if cfg.algo.grpo.kl_beta > 0 and cfg.lora is not None:
             self.ref_policy = AdapterFreeReference(self.policy)  # the base, without a copy
         elif cfg.algo.grpo.kl_beta > 0:
-            self.ref_policy, _ = load_checkpoint(base)
-            self.ref_policy.requires_grad_(False)
-            self.ref_policy.to(device)
+            self.ref_policy = load_base(base, device=device).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
             lr=cfg.algo.lr,
@@ -301,11 +316,32 @@ class TrainerLoop:
             from spotlight.models.rewards import build_reward
 
             self._reward_fn = build_reward(cfg.reward)
-        train, held_out = scenes.prompt_split()
-        self.val_prompts, self.val_seeds = validation_set(held_out, cfg.val_per_kind, cfg.val_seeds)
-        self.train_by_kind: dict[str, list[str]] = {}
-        for p in train if cfg.train_prompts == "train" else self.val_prompts:
-            self.train_by_kind.setdefault(scenes.prompt_kind_of(p), []).append(p)
+        fit = cfg.train_prompts == "validation"
+        if cfg.prompts is None:
+            prompt_set = scene_prompt_set(cfg.val_per_kind, cfg.val_seeds, fit_validation=fit)
+        else:
+            prompt_set = file_prompt_set(
+                cfg.prompts, cfg.val_per_kind * len(scenes.KINDS), cfg.val_seeds, fit_validation=fit
+            )
+            self._check_vocabulary(cfg.prompts)
+        self.train_by_kind = prompt_set.train_by_kind
+        self.val_prompts, self.val_seeds = prompt_set.val_prompts, prompt_set.val_seeds
+
+    def _check_vocabulary(self, path: str) -> None:
+        """ValueError before the first iteration when the tiny model cannot read a prompt of
+        the file (its text encoder knows the scene captions' words only)."""
+        from spotlight.models.batches import read_prompt_file
+        from spotlight.models.vocab import PromptError
+
+        if self.policy.text_encoder is None:
+            return  # a real text encoder reads any text
+        try:
+            self.policy.text_encoder.tokenize(read_prompt_file(path))
+        except PromptError as e:
+            raise ValueError(
+                f"trainer.prompts={path}: {e}; the {self.policy.config.name!r} model's text "
+                "encoder knows the scene captions' words only"
+            ) from None
 
     def prompts_for(self, iteration: int) -> list[str]:
         from spotlight.models.batches import iteration_prompts
@@ -419,14 +455,17 @@ class TrainerLoop:
         """RUN_DIR/checkpoint, atomically: write checkpoint.partial, then rename."""
         import torch
 
+        from spotlight.models.bases import is_pipeline
         from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
         from spotlight.models.lora import save_diffusers_lora
 
+        assert self.base is not None, "setup loads the base before any checkpoint"
         tmp = self.run_dir / "checkpoint.partial"
         if tmp.exists():
             shutil.rmtree(tmp)
         card = CheckpointCard(
             config=self.policy.config,
+            base=str(self.base) if is_pipeline(self.base) else None,  # then adapters only
             steps=iteration,
             recipe={
                 "trainer_loop": {"seed": self.config.seed, "iterations": self.config.iterations}

@@ -247,6 +247,8 @@ def trainer_loop_config(cfg: SystemConfig) -> TrainerLoopConfig:
         seed=cfg.run.seed,
         reward=cfg.trainer.reward,
         base=cfg.trainer.base,
+        prompts=cfg.trainer.prompts,
+        resolution=cfg.trainer.resolution,
         lora=cfg.trainer.lora(),
         explore=cfg.trainer.seeds == "explored",
         plan_timeout_s=cfg.planner.plan_timeout_s,
@@ -311,7 +313,7 @@ def _policy_spec(cfg: SystemConfig, progress: bool) -> PolicySpec:
     With no base configured this is where the cached tiny base is built on first use
     (minutes; a progress bar on a terminal), before the live view starts."""
     from spotlight.actors.policy_spec import PolicySpec
-    from spotlight.models.checkpoint import read_card
+    from spotlight.models.bases import base_config
 
     if cfg.trainer.base is None:
         from spotlight.models.base import ensure_base
@@ -319,7 +321,15 @@ def _policy_spec(cfg: SystemConfig, progress: bool) -> PolicySpec:
         base = str(ensure_base(progress=progress))
     else:
         base = cfg.trainer.base
-    return PolicySpec(config=read_card(base).config, lora=cfg.trainer.lora(), base=base)
+    config = base_config(base, image_size=cfg.trainer.latent_side(), device=_trainer_device())
+    return PolicySpec(config=config, lora=cfg.trainer.lora(), base=base)
+
+
+def _trainer_device() -> str:
+    """Where rank 0's trainer computes (the device type sets a pipeline base's dtype)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_sp_degree(cfg: SystemConfig) -> None:
@@ -333,10 +343,10 @@ def check_sp_degree(cfg: SystemConfig) -> None:
 
         model = PretrainRecipe().dit_config
     else:
-        from spotlight.models.checkpoint import read_card
+        from spotlight.models.bases import base_config
 
         try:
-            model = read_card(cfg.trainer.base).config
+            model = base_config(cfg.trainer.base, image_size=cfg.trainer.latent_side())
         except (OSError, ValueError):
             return  # an unreadable base fails with its own error when the trainer loads it
     cfg.spot.check_sp_degree(model.num_attention_heads, model.num_tokens)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
-from spotlight.models.lora import LoraSettings, attach_lora
+from spotlight.models.lora import LoraSettings, attach_lora, load_tunable_state, tunable_state
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -52,6 +52,9 @@ class CheckpointCard:
     lora: dict[str, Any] | None = None
     """The policy's LoRA settings when its weights include adapters (filled in by
     :func:`save_checkpoint`); loading attaches the same adapters before the weights."""
+    base: str | None = None
+    """A pipeline directory (bases.py) the adapters sit on: the weights file then holds the
+    adapters only (a 20B base is never copied into a run), and loading reads the base first."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,7 @@ class CheckpointCard:
             "metrics": self.metrics,
             "versions": self.versions,
             "lora": self.lora,
+            "base": self.base,
         }
 
     @classmethod
@@ -81,6 +85,7 @@ class CheckpointCard:
             metrics=dict(data.get("metrics") or {}),
             versions=dict(data.get("versions") or {}),
             lora=data.get("lora"),
+            base=data.get("base"),
         )
 
 
@@ -106,9 +111,14 @@ def save_checkpoint(policy: DiTPolicy, path: str | os.PathLike[str], card: Check
         raise CheckpointError(
             f"card is for config {card.config.name!r} but the policy is {policy.config.name!r}"
         )
+    if card.base is not None and policy.lora is None:
+        raise CheckpointError(
+            f"a checkpoint on the base {card.base} holds adapters only, and the policy has none"
+        )
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+    weights = tunable_state(policy) if card.base is not None else policy.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     full = CheckpointCard(
         config=card.config,
         steps=card.steps,
@@ -118,6 +128,7 @@ def save_checkpoint(policy: DiTPolicy, path: str | os.PathLike[str], card: Check
         metrics=card.metrics,
         versions={**_versions(), **card.versions},
         lora=None if policy.lora is None else policy.lora.to_dict(),
+        base=card.base,
     )
     with tempfile.NamedTemporaryFile(dir=out, suffix=".tmp", delete=False) as f:
         tmp_weights = Path(f.name)
@@ -145,9 +156,14 @@ def read_card(path: str | os.PathLike[str]) -> CheckpointCard:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, config: DiTConfig | str | None = None
+    path: str | os.PathLike[str],
+    *,
+    config: DiTConfig | str | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[DiTPolicy, CheckpointCard]:
     """The policy and card stored in ``path``; ``config`` (optional) is what the caller expects.
+    ``device``: where a checkpoint on a pipeline base loads that base (tiny ones load on the
+    CPU; move them).
 
     Raises CheckpointError for a missing directory or file, a corrupt file, or a checkpoint
     made for another config ("checkpoint is for config X, asked for Y").
@@ -171,6 +187,8 @@ def load_checkpoint(
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint weights {weights_path} are corrupt: {e}") from e
+    if card.base is not None:
+        return _load_on_base(path, card, state, torch.device(device)), card
     policy = build_policy(card.config)
     if card.lora is not None:
         try:
@@ -185,3 +203,26 @@ def load_checkpoint(
             f"checkpoint weights {weights_path} do not match config {card.config.name!r}: {e}"
         ) from e
     return policy, card
+
+
+def _load_on_base(
+    path: str | os.PathLike[str], card: CheckpointCard, state: dict[str, Any], device: torch.device
+) -> DiTPolicy:
+    """An adapter checkpoint: the base it names, the adapters of its card, then its weights."""
+    from spotlight.models.bases import load_base, same_shape
+
+    assert card.base is not None
+    if card.lora is None:
+        raise CheckpointError(f"checkpoint {path} names the base {card.base} but no LoRA settings")
+    policy = load_base(card.base, image_size=card.config.image_size, device=device)
+    if not same_shape(policy.config, card.config):
+        raise CheckpointError(
+            f"checkpoint {path} was trained on a base of config {card.config}, but {card.base} "
+            f"now holds {policy.config}"
+        )
+    attach_lora(policy, LoraSettings.from_dict(card.lora))
+    try:
+        load_tunable_state(policy, state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} adapters do not fit: {e}") from e
+    return policy

@@ -48,6 +48,11 @@ def config_from_transformer(
 ) -> DiTConfig:
     """The DiTConfig describing a loaded transformer (its shape read from its own config)."""
     c: Any = transformer.config  # type: ignore[attr-defined]  # mypy misreads diffusers' class
+    return _config_from(c, image_size=image_size, dtype=dtype)
+
+
+def _config_from(c: Any, *, image_size: int, dtype: torch.dtype) -> DiTConfig:
+    """The DiTConfig of a transformer config (attribute access, as diffusers' FrozenDict)."""
     out_channels = c.out_channels or c.in_channels
     patch = int(c.patch_size)
     if c.in_channels != out_channels * patch * patch:
@@ -68,6 +73,25 @@ def config_from_transformer(
         text_max_tokens=MAX_PROMPT_TOKENS,
         dtype=_dtype_name(dtype),
     )
+
+
+def read_transformer_config(
+    local_dir: str | os.PathLike[str], *, image_size: int, dtype: torch.dtype
+) -> DiTConfig:
+    """The DiTConfig of a pipeline directory's transformer from its ``config.json`` alone (no
+    weights read): what the coordinator sends to spot nodes before anything is loaded."""
+    from diffusers.configuration_utils import FrozenDict
+
+    root = Path(local_dir)
+    if not (root / "transformer" / "config.json").is_file():
+        raise ModelDirError(f"{root} has no transformer/config.json (not a Qwen-Image pipeline)")
+    try:
+        raw = QwenImageTransformer2DModel.load_config(
+            root, subfolder="transformer", local_files_only=True
+        )
+    except (OSError, ValueError) as e:
+        raise ModelDirError(f"unreadable {root / 'transformer' / 'config.json'}: {e}") from e
+    return _config_from(FrozenDict(raw), image_size=image_size, dtype=dtype)
 
 
 class QwenPromptEncoder:

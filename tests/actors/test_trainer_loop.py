@@ -322,3 +322,27 @@ def test_explored_mode_asks_a_real_planner_and_publishes_metrics(
     plans = PlanLog(tmp_path / "run" / "plans.jsonl").plans
     assert sorted(plans) == [0, 1, 2]
     assert all(p.fallback_seeds == 6 and p.explored_seeds == 0 for p in plans.values())
+
+
+@pytest.mark.timeout(120)
+def test_a_prompt_file_trains_on_its_prompts_and_validates_on_held_out_ones(
+    base: Path, tmp_path: Path
+) -> None:
+    from spotlight.models import scenes
+
+    lines = scenes.prompt_split()[0][:40]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# scene captions, one per line\n\n" + "\n".join(lines + lines[:3]) + "\n")
+    loop = TrainerLoop(_config(base, 2, prompts=str(prompts)), tmp_path / "run")
+    loop._setup()
+    held = set(loop.val_prompts)
+    drawn = {p for k in range(50) for p in loop.prompts_for(k)}
+    assert held and held <= set(lines) and len(held) == 4  # a tenth of 40, all used (≤ 5)
+    assert drawn <= set(lines) - held and len(drawn) > 20
+    again = TrainerLoop(_config(base, 2, prompts=str(prompts)), tmp_path / "run2")
+    again._setup()
+    assert again.val_prompts == loop.val_prompts  # the split is deterministic
+    # the tiny text encoder refuses words it cannot read, before the first iteration
+    prompts.write_text('a red circle\na sign that says "OPEN"\n')
+    with pytest.raises(ValueError, match=r"trainer.prompts=.*scene captions' words only"):
+        TrainerLoop(_config(base, 2, prompts=str(prompts)), tmp_path / "run3")._setup()
