@@ -16,8 +16,9 @@ Velocity convention (shared with sampler.py): ``x_σ = (1−σ)·x0 + σ·noise`
 
 Two named configs: ``tiny`` (pixel space, 32×32 RGB, trains on a CPU; its text encoder is a
 learned embedding over the closed caption vocabulary, part of the policy's parameters) and
-``qwen-image`` (the real 20B model in VAE-latent space; its text encoder comes from the
-pipeline directory, see qwen_image.py).
+``qwen-image`` (the real 20B model in VAE-latent space; its text encoder and the VAE that
+turns its latents into the pixels rewards read come from the pipeline directory, see
+qwen_image.py).
 
 Shape legend: B batch, N image tokens, C token channels (channels·patch²), L text tokens,
 D text width (joint_attention_dim), H/W pixels (or latent cells), E embedding width.
@@ -268,6 +269,8 @@ class TinyTextEncoder(nn.Module):
 
 
 PromptEncoder = Callable[[Sequence[str]], TextEmbedding]
+ImageDecoder = Callable[[Tensor], Tensor]
+"""Latents_BCHW -> float images_BCHW in [-1, 1] on the CPU (e.g. qwen_image.QwenVaeDecoder)."""
 
 
 class VelocityModel(Protocol):
@@ -289,6 +292,7 @@ class DiTPolicy(nn.Module):
         *,
         text_encoder: TinyTextEncoder | None = None,
         prompt_encoder: PromptEncoder | None = None,
+        image_decoder: ImageDecoder | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -297,6 +301,9 @@ class DiTPolicy(nn.Module):
         # real model's encoder (qwen_image.py) is a frozen callable kept outside the parameters.
         self.text_encoder = text_encoder
         self._prompt_encoder = prompt_encoder
+        # A latent-space model's VAE decoder: frozen and outside the parameters for the same
+        # reason, so checkpoints, LoRA and optimisers see the transformer only.
+        self._image_decoder = image_decoder
         self.lora: LoraSettings | None = None
         """The adapters :func:`~spotlight.models.lora.attach_lora` added (None: full weights)."""
 
@@ -365,6 +372,22 @@ class DiTPolicy(nn.Module):
             "timestep": sigma_B.to(dtype),
             "img_shapes": [(1, gh, gw)] * batch,
         }
+
+    def images(self, x_BNC: Tensor) -> np.ndarray:
+        """Final tokens as uint8 B×H×W×3 images, what rewards read.
+
+        A pixel-space policy (``tiny``) unpacks its tokens straight into pixels; a latent-space
+        one (``qwen-image``) unpacks VAE latents that its image decoder turns into pixels first.
+        """
+        images_BCHW = self.unpack(x_BNC)
+        if self._image_decoder is not None:
+            images_BCHW = self._image_decoder(images_BCHW)
+        elif self.config.name == "qwen-image":
+            raise ValueError(
+                "policy 'qwen-image' denoises VAE latents and has no image decoder: load it "
+                "with spotlight.models.qwen_image.load_qwen_image(..., vae=True)"
+            )
+        return images_to_uint8(images_BCHW)
 
     def pack(self, images_BCHW: Tensor) -> Tensor:
         """Images (float, [-1, 1]) -> tokens x_BNC, channel-major per patch as in Qwen-Image."""

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spotlight.models.dit import DiTPolicy, TextEmbedding, VelocityModel, images_to_uint8
+from spotlight.models.dit import DiTPolicy, TextEmbedding, VelocityModel
 from spotlight.models.grpo import (
     GrpoConfig,
     LossDiagnostics,
@@ -218,9 +218,9 @@ def generate(
 
 
 def decode(policy: DiTPolicy, states: Sequence[TrajectoryState]) -> np.ndarray:
-    """Final latents of ``states`` as uint8 B×H×W×3 images (what rewards read)."""
-    x_BNC = torch.cat([s.x_BNC for s in states])
-    return images_to_uint8(policy.unpack(x_BNC))
+    """Final latents of ``states`` as uint8 B×H×W×3 images (what rewards read; VAE-decoded
+    for a latent-space policy, see :meth:`DiTPolicy.images`)."""
+    return policy.images(torch.cat([s.x_BNC for s in states]))
 
 
 def regroup(

@@ -8,6 +8,8 @@ policy can be loaded without it and fed precomputed text embeddings.
 
 Prompt encoding follows diffusers' QwenImagePipeline: the prompt is wrapped in the pipeline's
 chat template, encoded, the last hidden state taken, and the template's first 34 tokens dropped.
+Image decoding follows the pipeline after its denoising loop (:class:`QwenVaeDecoder`): the
+policy denoises normalised VAE latents, which rewards can only judge once decoded to pixels.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from diffusers import QwenImageTransformer2DModel
+from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+from torch import Tensor
 
 from spotlight.models.dit import DiTConfig, DiTPolicy, TextEmbedding
 
@@ -160,6 +163,56 @@ def _load_prompt_encoder(
     return QwenPromptEncoder(tokenizer, encoder.to(device))
 
 
+class QwenVaeDecoder:
+    """Qwen-Image latents -> pixels, exactly as ``QwenImagePipeline`` decodes after denoising.
+
+    The flow model works in *normalised* latents: per channel c, ``x = (z − μ_c) / σ_c`` where
+    ``z`` is the VAE's raw latent and μ, σ are the VAE config's ``latents_mean`` and
+    ``latents_std`` (the raw statistics are far from the unit Gaussian the flow starts from).
+    Decoding undoes that, ``z = x · σ_c + μ_c``, computed like the pipeline as
+    ``x / (1 / σ) + μ`` in the VAE's dtype so bf16 results match it bit for bit; adds the frame
+    axis (B, C, 1, H, W) of this video-shaped VAE, decodes, and keeps frame 0. The VAE clamps
+    its output to [-1, 1].
+
+    Latents come in as ``DiTPolicy.unpack`` gives them, B×C×H×W: our ``pack`` is the
+    pipeline's ``_pack_latents`` (channel-major 2×2 patches: token = (c, dy, dx) flattened) and
+    our ``unpack`` its ``_unpack_latents`` less the frame axis, so the same tokens give the same
+    latents. Images come back as float32 on the CPU (where rewards and the sampler live).
+    """
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        self.vae = vae.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(
+        cls, root: Path, *, dtype: torch.dtype, device: str | torch.device
+    ) -> QwenVaeDecoder:
+        """The VAE of the pipeline directory ``root`` (its ``vae/`` folder); never downloads."""
+        if not (root / "vae").is_dir():
+            raise ModelDirError(f"{root} has no vae/ folder (expected a Qwen-Image pipeline dir)")
+        try:
+            vae = AutoencoderKLQwenImage.from_pretrained(
+                root, subfolder="vae", torch_dtype=dtype, local_files_only=True
+            )
+        except (OSError, ValueError) as e:
+            raise ModelDirError(f"could not load the VAE from {root / 'vae'}: {e}") from e
+        return cls(cast(torch.nn.Module, vae).to(device))
+
+    @torch.no_grad()
+    def __call__(self, latents_BCHW: Tensor) -> Tensor:
+        """Normalised latents B×C×H×W (any device) -> float32 images B×3×8H×8W on the CPU."""
+        param = next(self.vae.parameters())
+        config: Any = self.vae.config
+        stats_shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean).view(stats_shape).to(param.device, param.dtype)
+        inv_std = 1.0 / torch.tensor(config.latents_std).view(stats_shape).to(
+            param.device, param.dtype
+        )
+        z_BCTHW = latents_BCHW.to(param.device, param.dtype).unsqueeze(2) / inv_std + mean
+        images_BCHW = self.vae.decode(z_BCTHW, return_dict=False)[0][:, :, 0]  # type: ignore[operator]
+        return images_BCHW.float().cpu()
+
+
 def load_qwen_image(
     local_dir: str | os.PathLike[str],
     *,
@@ -167,12 +220,14 @@ def load_qwen_image(
     device: str | torch.device = "cpu",
     image_size: int = 128,
     text_encoder: bool | None = None,
+    vae: bool | None = None,
 ) -> DiTPolicy:
     """The Qwen-Image policy from a local pipeline directory; never downloads.
 
     ``image_size`` is the latent side (1024 px / VAE factor 8 = 128). ``text_encoder``: True
     requires it (and ``transformers``), False skips it, None loads it when both the package and
-    the ``text_encoder/`` folder are present.
+    the ``text_encoder/`` folder are present. ``vae``: True requires ``vae/``, False skips it
+    (the policy then cannot make images for rewards), None loads it when the folder is there.
     """
     root = Path(local_dir)
     if not root.is_dir():
@@ -182,6 +237,12 @@ def load_qwen_image(
             f"{root} has no transformer/config.json; expected a Qwen-Image pipeline directory "
             "with transformer/, text_encoder/, tokenizer/ and vae/ folders"
         )
+    if vae is None:
+        vae = (root / "vae").is_dir()
+    # The small VAE first: a missing vae/ fails before the 20B transformer's long load.
+    image_decoder = (
+        QwenVaeDecoder.from_pretrained(root, dtype=dtype, device=device) if vae else None
+    )
     try:
         transformer = QwenImageTransformer2DModel.from_pretrained(
             root, subfolder="transformer", torch_dtype=dtype, local_files_only=True
@@ -198,4 +259,9 @@ def load_qwen_image(
             and (root / "text_encoder").is_dir()
         )
     prompt_encoder = _load_prompt_encoder(root, dtype, device) if text_encoder else None
-    return DiTPolicy(config, cast(torch.nn.Module, transformer), prompt_encoder=prompt_encoder)
+    return DiTPolicy(
+        config,
+        cast(torch.nn.Module, transformer),
+        prompt_encoder=prompt_encoder,
+        image_decoder=image_decoder,
+    )
