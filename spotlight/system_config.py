@@ -577,12 +577,6 @@ class SystemConfig:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"trainer: {exc}") from None
-        if self.trainer.lora_rank and self.spot.enabled and self.spot.sp_degree > 1:
-            raise ConfigError(
-                f"trainer.lora_rank={self.trainer.lora_rank} with spot.sp_degree="
-                f"{self.spot.sp_degree}: SP groups on spot nodes do not take LoRA adapters yet; "
-                "use spot.sp_degree=1 or trainer.lora_rank=0"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

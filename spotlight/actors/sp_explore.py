@@ -59,6 +59,7 @@ import numpy as np
 from torch import Tensor
 
 from spotlight.actors.metrics import MetricsPublisher
+from spotlight.actors.policy_spec import PolicySpec
 from spotlight.actors.sampling_backend import RewardFn, SamplingFailed
 from spotlight.actors.sp_group import SPGroupConfig, SPGroupScheduler
 from spotlight.actors.sp_local import LocalSPCluster, Worker
@@ -177,14 +178,23 @@ class SPBackend:
 
     @classmethod
     async def start(
-        cls, rt: Runtime, config: NodeSPConfig, model: DiTConfig, *, monitor: ActorRef | None
+        cls,
+        rt: Runtime,
+        config: NodeSPConfig,
+        model: DiTConfig | PolicySpec,
+        *,
+        monitor: ActorRef | None,
     ) -> SPBackend:
         """Launch ``config.members`` member processes of ``model``, wait until they serve,
-        spawn the group scheduler (actor ``sp_group``) and join them.
+        spawn the group scheduler (actor ``sp_group``) and join them. With a LoRA
+        :class:`PolicySpec` every member loads the base from disk and attaches the adapters;
+        versions then carry the adapters only.
 
         ValueError (naming the valid degrees) when the degree does not divide the model's
         heads and image tokens. Call from the event loop's thread (members die with it).
         """
+        spec = model if isinstance(model, PolicySpec) else PolicySpec(config=model)
+        model = spec.config
         check_group_config(
             config.degree, config.members, model.num_attention_heads, model.num_tokens
         )
@@ -194,10 +204,11 @@ class SPBackend:
             heartbeat_s=config.heartbeat_s,
             threads=config.threads,
             model=json.dumps(model.to_dict()),
+            lora=None if spec.lora is None else json.dumps(spec.lora.to_dict()),
             die_with_parent=True,
         )
         try:
-            workers = cluster.launch(config.members, node=config.node)
+            workers = cluster.launch(config.members, node=config.node, checkpoint=spec.base)
             await _wait_ready(workers, config.ready_timeout_s)
             source = LocalWorkSource()
             group = dataclasses.replace(

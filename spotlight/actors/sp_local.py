@@ -51,10 +51,12 @@ class LocalSPCluster:
         heartbeat_s: float = 0.25,
         threads: int = 1,
         model: str = "tiny",
+        lora: str | None = None,
         die_with_parent: bool = False,
         log_dir: Path | None = None,
     ) -> None:
-        """``model``: a config name or a DiTConfig as JSON (``sp_worker --model``).
+        """``model``: a config name or a DiTConfig as JSON (``sp_worker --model``); ``lora``:
+        LoRA settings as JSON (members then load ``launch``'s ``checkpoint`` as the base).
         ``die_with_parent``: members get SIGKILL when this process exits (launch from the main
         thread: Linux ties it to the launching thread). ``log_dir``: each member's output goes
         to ``member<N>.log`` there (default: inherited)."""
@@ -63,6 +65,7 @@ class LocalSPCluster:
         self.heartbeat_s = heartbeat_s
         self.threads = threads
         self.model = model
+        self.lora = lora
         self.die_with_parent = die_with_parent
         self.log_dir = log_dir
         self.store = dist.TCPStore(
@@ -108,6 +111,8 @@ class LocalSPCluster:
             ]
             if checkpoint is not None:
                 cmd += ["--checkpoint", checkpoint]
+            if self.lora is not None:
+                cmd += ["--lora", self.lora]
             if self.die_with_parent:
                 cmd += ["--parent-pid", str(os.getpid())]
             out_file = None

@@ -46,7 +46,8 @@ from spotlight.actors.weight_share import (
     load_from_shm,
     publish_to_shm,
 )
-from spotlight.models.dit import DiTConfig, TextEmbedding, build_policy
+from spotlight.models.dit import DiTConfig, DiTPolicy, TextEmbedding, build_policy
+from spotlight.models.lora import tunable_state
 from spotlight.models.process_groups import shutdown_group, timed_new_group_from_store
 from spotlight.models.sampler import SamplerConfig, TrajectoryState, advance
 from spotlight.models.ulysses import ulysses_forward, validate_degree
@@ -79,7 +80,11 @@ class SPMemberConfig:
     seed: int = 0
     """Initialisation seed when no checkpoint is given (tests: every member the same)."""
     checkpoint: str | None = None
-    """Load weights from this checkpoint directory instead (the restart baseline's path)."""
+    """Load weights from this checkpoint directory instead (the restart baseline's path); with
+    ``lora``, the base (a checkpoint or a pipeline directory) the adapters sit on."""
+    lora: dict[str, Any] | None = None
+    """LoRA settings (``LoraSettings.to_dict()``): the member loads ``checkpoint`` as its base
+    and attaches these adapters, and weight versions carry the adapters only."""
     backend: Literal["gloo", "nccl"] = "gloo"
     """Collective backend: gloo on CPU, nccl on GPU."""
     gloo_hostname: str | None = "127.0.0.1"
@@ -94,6 +99,21 @@ class SPMemberConfig:
             raise ValueError(f"backend {self.backend!r} unknown; valid: gloo, nccl")
         if self.store_timeout_s <= 0:
             raise ValueError(f"store_timeout_s must be > 0, got {self.store_timeout_s}")
+
+
+def _lora_policy(config: SPMemberConfig) -> DiTPolicy:
+    """The base from disk with the run's adapters (what every LoRA receiver builds)."""
+    from spotlight.actors.policy_spec import PolicySpec, model_config
+    from spotlight.models.lora import LoraSettings
+
+    if config.lora is None or config.checkpoint is None:
+        raise ValueError("an SP member with LoRA needs the base checkpoint (--checkpoint)")
+    spec = PolicySpec(
+        config=model_config(config.model),
+        lora=LoraSettings.from_dict(config.lora),
+        base=config.checkpoint,
+    )
+    return spec.build(device="cpu")
 
 
 def sampler_config_from(data: dict[str, Any]) -> SamplerConfig:
@@ -112,7 +132,9 @@ class SPMember(Actor):
     def __init__(self, config: SPMemberConfig) -> None:
         self.config = config
         t0 = time.perf_counter()
-        if config.checkpoint is not None:
+        if config.lora is not None:
+            self.policy = _lora_policy(config)
+        elif config.checkpoint is not None:
             from spotlight.models.checkpoint import load_checkpoint
 
             self.policy, _card = load_checkpoint(config.checkpoint, config=config.model)
@@ -285,12 +307,17 @@ class SPMember(Actor):
 
     # -- weights ---------------------------------------------------------------------
 
+    def _versioned(self) -> dict[str, Tensor]:
+        """The tensors a weight version sets (views, so copies land in the model): all of
+        them, or with LoRA the adapters only (every member loaded the same base itself)."""
+        return tunable_state(self.policy)
+
     @endpoint
     async def publish_weights(self) -> dict[str, Any]:
         """Publish (once) a /dev/shm snapshot of the weights; returns its manifest."""
         if self._shared is None:
             self._shared = await asyncio.to_thread(
-                publish_to_shm, self.policy, node=self.config.node
+                publish_to_shm, self._versioned(), node=self.config.node
             )
         return self._shared.manifest.to_dict()
 
@@ -304,7 +331,7 @@ class SPMember(Actor):
         """
         async with self._busy:
             stats = await asyncio.to_thread(
-                load_from_shm, self.policy, WeightManifest.from_dict(manifest)
+                load_from_shm, self._versioned(), WeightManifest.from_dict(manifest)
             )
             self.weights_version = int(version)
             self._text_cache = {}  # the text encoder's weights changed too
@@ -319,7 +346,7 @@ class SPMember(Actor):
         """blake2b of the weights' flat bytes: a joiner and its donor must agree exactly."""
 
         def digest() -> str:
-            _manifest, buf = flat_bytes(self.policy)
+            _manifest, buf = flat_bytes(self._versioned())
             return hashlib.blake2b(buf.numpy().tobytes(), digest_size=16).hexdigest()
 
         return await asyncio.to_thread(digest)
@@ -328,7 +355,7 @@ class SPMember(Actor):
     async def weight_chunks(self, chunk_bytes: int) -> AsyncIterator[Any]:
         """Stream ``(offset, uint8 chunk)``; the first item is the manifest (runtime path)."""
         if self._flat is None:
-            self._flat = await asyncio.to_thread(flat_bytes, self.policy)
+            self._flat = await asyncio.to_thread(flat_bytes, self._versioned())
         manifest, buf = self._flat
         yield manifest.to_dict()
         for offset, chunk in iter_chunks(buf, chunk_bytes):
@@ -341,7 +368,7 @@ class SPMember(Actor):
         """Copy the weights from ``donor``: /dev/shm when on its node, else over the runtime."""
         if same_node:
             manifest = WeightManifest.from_dict(await donor.publish_weights.ask())
-            stats = await asyncio.to_thread(load_from_shm, self.policy, manifest)
+            stats = await asyncio.to_thread(load_from_shm, self._versioned(), manifest)
         else:
             t0 = time.perf_counter()
             asm: ChunkAssembler | None = None
@@ -352,7 +379,7 @@ class SPMember(Actor):
                     asm.add(int(item[0]), item[1])
             if asm is None or not asm.done:
                 raise RuntimeError("weight stream from the donor ended early")
-            copied = await asyncio.to_thread(load_flat, self.policy, asm.manifest, asm.buf)
+            copied = await asyncio.to_thread(load_flat, self._versioned(), asm.manifest, asm.buf)
             stats = CopyStats(copied, time.perf_counter() - t0, "runtime")
         self._text_cache = {}
         return {"bytes": stats.bytes, "seconds": stats.seconds, "path": stats.path}

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--node", default="node0")
     ap.add_argument("--model", default="tiny", help="config name, or a DiTConfig as a JSON object")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--checkpoint", default=None, help="weights, or with --lora the base")
+    ap.add_argument("--lora", default=None, help="LoRA settings as a JSON object")
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--heartbeat-s", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=1)
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         model=model,
         seed=args.seed,
         checkpoint=args.checkpoint,
+        lora=None if args.lora is None else json.loads(args.lora),
     )
 
     async def serve(rt: Runtime) -> None:

@@ -222,13 +222,6 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
         except ValueError as exc:
             log.error("the coordinator's model config is unusable: %s", exc)
             return 1
-        if model.lora is not None and args.sp_degree > 1:
-            log.error(
-                "LoRA runs do not support SP groups on spot nodes yet (sp_degree %d): "
-                "use spot.sp_degree=1 or full fine-tuning",
-                args.sp_degree,
-            )
-            return 1
         settings = ExploreSettings(
             trainer_sampler=sampler_from_dict(answer["sampler"]),
             pull_batch=args.pull_batch,
@@ -334,7 +327,7 @@ async def _start_sp_group(rt: Runtime, args: argparse.Namespace, model: PolicySp
         monitor = await rt.lookup(args.coordinator, "monitor", timeout=args.call_timeout_s)
     except (SpotlightError, TimeoutError):
         log.info("no monitor beside the coordinator: SP group metrics are not published")
-    return await SPBackend.start(rt, config, model.config, monitor=monitor)
+    return await SPBackend.start(rt, config, model, monitor=monitor)
 
 
 async def _start_rollout_worker(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -76,3 +77,37 @@ def test_bad_offers_are_refused_with_the_reason() -> None:
         PolicySpec.from_answer(MICRO, {"settings": LORA.to_dict()})
     with pytest.raises(ValueError, match="model must be"):
         PolicySpec.from_answer(3)  # type: ignore[arg-type]
+
+
+def test_a_node_builds_the_trainers_lora_policy_on_a_pipeline_base(tmp_path: Path) -> None:
+    """A spot node of a Qwen-Image run: the config from transformer/config.json alone (what the
+    coordinator sends), the base from the pipeline directory, adapters from a version."""
+    from spotlight.models.bases import base_config, load_base
+    from tests.qwen_fixture import LATENT_SIDE, save_tiny_qwen_pipeline
+
+    base = save_tiny_qwen_pipeline(tmp_path / "qwen")
+    config = base_config(base, image_size=LATENT_SIDE)
+    assert config.name == "qwen-image" and config.image_size == LATENT_SIDE
+    trainer = attach_lora(load_base(base, image_size=LATENT_SIDE), LORA)
+    assert trainer.config == config
+    with torch.no_grad():
+        for name, p in trainer.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    spec = PolicySpec.from_answer(
+        config.to_dict(), PolicySpec(config=config, lora=LORA, base=str(base)).lora_offer()
+    )
+    node = spec.build(device="cpu")
+    load_tunable_state(node, tunable_state(trainer))
+    x = torch.randn(
+        2, config.num_tokens, config.token_dim, generator=torch.Generator().manual_seed(0)
+    )
+    sigma = torch.tensor([0.9, 0.5])
+    with torch.no_grad():
+        want = trainer(x, sigma, trainer.encode_prompts(["a cat", "a red sign"]))
+        got = node(x, sigma, node.encode_prompts(["a cat", "a red sign"]))
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert node.images(x).shape == (2, LATENT_SIDE * 8, LATENT_SIDE * 8, 3)
+    other = dataclasses.replace(config, num_layers=config.num_layers + 1)
+    with pytest.raises(ValueError, match="give this node the trainer's base"):
+        PolicySpec(config=other, lora=LORA, base=str(base)).build(device="cpu")

@@ -20,6 +20,7 @@ import pytest
 from spotlight.actors.coordinator import Coordinator
 from spotlight.actors.explorer import ExploreSettings
 from spotlight.actors.leases import SampleRequest
+from spotlight.actors.policy_spec import PolicySpec
 from spotlight.actors.prices import Prices
 from spotlight.actors.sampling_backend import ThreadBackend
 from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
@@ -47,9 +48,36 @@ while any real divergence (wrong weights, shards, noise) moves it by > 1e-2."""
 SAMPLER = SamplerConfig(num_steps=4, noise_level=0.7, sde_window=(0, 2))
 
 
-def test_rewards_at_sp_degree_2_equal_degree_1(tmp_path: Path) -> None:
-    """Same (prompt, seed, weights): the SP group's rewards equal the thread backend's."""
-    state = build_policy(MICRO, seed=5).state_dict()  # not the members' initial weights
+def _lora_version(base: Path) -> tuple[PolicySpec, dict[str, Any]]:
+    """A LoRA run's spec and a version whose adapters have moved (B starts at zero)."""
+    import torch
+
+    from spotlight.models.lora import LoraSettings, tunable_state
+
+    spec = PolicySpec(config=MICRO, lora=LoraSettings(rank=2, alpha=4), base=str(base))
+    trainer = spec.build(device="cpu")
+    with torch.no_grad():
+        for name, p in trainer.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.3)
+    return spec, tunable_state(trainer)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_rewards_at_sp_degree_2_equal_degree_1(
+    tmp_path: Path, micro_base: Path, lora: bool
+) -> None:
+    """Same (prompt, seed, weights): the SP group's rewards equal the thread backend's. With
+    LoRA every member loads the base from disk and a version is the adapters only."""
+    if lora:
+        spec, state = _lora_version(micro_base)
+    else:
+        spec = PolicySpec(config=MICRO)
+        state = build_policy(MICRO, seed=5).state_dict()  # not the members' initial weights
+
+    def policy() -> Any:
+        return spec.build(device="cpu") if lora else build_policy(MICRO, seed=9)
+
     settings = ExploreSettings(trainer_sampler=SAMPLER, micro_batch=3)
     prompts = [p for p in PROMPTS for _ in range(2)]
     seeds = list(range(40, 40 + len(prompts)))
@@ -57,10 +85,10 @@ def test_rewards_at_sp_degree_2_equal_degree_1(tmp_path: Path) -> None:
     async def body() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         async with Runtime(FAST) as rt:
             sp = await SPBackend.start(
-                rt, NodeSPConfig(node="t", members=2, degree=2), MICRO, monitor=None
+                rt, NodeSPConfig(node="t", members=2, degree=2), spec, monitor=None
             )
             try:
-                sp.factory(build_policy(MICRO, seed=9), redness)
+                sp.factory(policy(), redness)
                 await sp.load(1, state)
                 got = await sp.rewards(prompts, seeds, num_steps=4, settings=settings)
                 stats = await sp.statistics()
@@ -69,7 +97,7 @@ def test_rewards_at_sp_degree_2_equal_degree_1(tmp_path: Path) -> None:
                 await sp.stop()
             pids = sp.member_pids
             assert all(process_gone(p) for p in pids), pids
-        thread = ThreadBackend(build_policy(MICRO, seed=9), redness)
+        thread = ThreadBackend(policy(), redness)
         await thread.load(1, state)
         want = await thread.rewards(prompts, seeds, num_steps=4, settings=settings)
         return got, want, stats
