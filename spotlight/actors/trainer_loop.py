@@ -298,6 +298,11 @@ class TrainerLoop:
             if cfg.lora is not None:
                 attach_lora(self.policy, cfg.lora)  # same seeded adapters on every DP rank
         self.policy.to(device)
+        if is_pipeline(base):
+            # 60 blocks of activations per sample at 512²+ would not fit beside the base:
+            # recompute them in the backward pass (diffusers' non-reentrant checkpointing; the
+            # gradients are the same, checked on the toy pipeline).
+            self.policy.transformer.enable_gradient_checkpointing()
         self.ref_policy: Any = None
         if cfg.algo.grpo.kl_beta > 0 and cfg.lora is not None:
             self.ref_policy = AdapterFreeReference(self.policy)  # the base, without a copy
