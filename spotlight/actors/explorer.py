@@ -292,8 +292,8 @@ class ExplorerActor(Actor):
     ) -> None:
         """``model``: what to build (:class:`PolicySpec`: with LoRA, the base from disk and
         the adapters), or just the trainer's policy config, as a :class:`DiTConfig`, a name,
-        or the dict of ``register_node``'s answer (see :func:`~spotlight.actors.policy_spec.model_config`). ``inbox``: the chunk
-        assembler behind ``weight_chunk`` (default: a new
+        or the dict of ``register_node``'s answer (``policy_spec.model_config``). ``inbox``:
+        the chunk assembler behind ``weight_chunk`` (default: a new
         :class:`~spotlight.actors.weight_publish.WeightInbox`). ``backend``: builds where the
         sampling pass runs from the policy and reward (default: :class:`ThreadBackend`, SP
         degree 1; a spot node with an SP group passes ``sp_explore.SPBackend``'s).
