@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from spotlight.models.dit import DiTConfig
 from spotlight.models.flow_grpo import FlowGrpoConfig
@@ -34,6 +35,15 @@ def save_micro_base(path: Path, *, seed: int = 2) -> Path:
 
     save_checkpoint(build_policy(MICRO, seed=seed), path, CheckpointCard(config=MICRO, steps=0))
     return path
+
+
+def nudge_adapters(policy: torch.nn.Module, by: float = 0.05) -> None:
+    """LoRA adapters as after some training: every B matrix moved by ``by`` (B starts at zero,
+    so fresh adapters change nothing and a test of them could not fail)."""
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(by)
 
 
 def redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:

@@ -267,8 +267,9 @@ class TrainerLoop:
 
             base = ensure_base(progress=False)
         self.base = base
-        image_size = latent_side(cfg.resolution) if is_pipeline(base) else None
-        if is_pipeline(base) and cfg.lora is None:
+        on_pipeline = is_pipeline(base)
+        image_size = latent_side(cfg.resolution) if on_pipeline else None
+        if on_pipeline and cfg.lora is None:
             raise ValueError(
                 f"the pipeline base {base} trains with LoRA only (full fine-tuning of the 20B "
                 "transformer does not fit a GPU without FSDP, which is not built): set "
@@ -298,7 +299,7 @@ class TrainerLoop:
             if cfg.lora is not None:
                 attach_lora(self.policy, cfg.lora)  # same seeded adapters on every DP rank
         self.policy.to(device)
-        if is_pipeline(base):
+        if on_pipeline:
             # 60 blocks of activations per sample at 512²+ would not fit beside the base:
             # recompute them in the backward pass (diffusers' non-reentrant checkpointing; the
             # gradients are the same, checked on the toy pipeline).
@@ -328,20 +329,21 @@ class TrainerLoop:
             prompt_set = file_prompt_set(
                 cfg.prompts, cfg.val_per_kind * len(scenes.KINDS), cfg.val_seeds, fit_validation=fit
             )
-            self._check_vocabulary(cfg.prompts)
+            used = [p for ps in prompt_set.train_by_kind.values() for p in ps]
+            self._check_vocabulary(cfg.prompts, used + prompt_set.val_prompts)
         self.train_by_kind = prompt_set.train_by_kind
         self.val_prompts, self.val_seeds = prompt_set.val_prompts, prompt_set.val_seeds
 
-    def _check_vocabulary(self, path: str) -> None:
-        """ValueError before the first iteration when the tiny model cannot read a prompt of
-        the file (its text encoder knows the scene captions' words only)."""
-        from spotlight.models.batches import read_prompt_file
+    def _check_vocabulary(self, path: str, prompts: list[str]) -> None:
+        """ValueError before the first iteration when the tiny model cannot read one of the
+        run's ``prompts`` from the file ``path`` (its text encoder knows the scene captions'
+        words only)."""
         from spotlight.models.vocab import PromptError
 
         if self.policy.text_encoder is None:
             return  # a real text encoder reads any text
         try:
-            self.policy.text_encoder.tokenize(read_prompt_file(path))
+            self.policy.text_encoder.tokenize(prompts)
         except PromptError as e:
             raise ValueError(
                 f"trainer.prompts={path}: {e}; the {self.policy.config.name!r} model's text "

@@ -40,7 +40,6 @@ __all__ = [
     "adapters_disabled",
     "attach_lora",
     "load_tunable_state",
-    "lora_of",
     "save_diffusers_lora",
     "tunable_shapes",
     "tunable_state",
@@ -112,11 +111,6 @@ def _require_peft() -> None:
         )
 
 
-def lora_of(policy: DiTPolicy) -> LoraSettings | None:
-    """The adapters attached to ``policy`` (None: full fine-tuning)."""
-    return policy.lora
-
-
 def attach_lora(policy: DiTPolicy, settings: LoraSettings) -> DiTPolicy:
     """Add adapters to ``policy``'s transformer in place and freeze everything else.
 
@@ -127,8 +121,8 @@ def attach_lora(policy: DiTPolicy, settings: LoraSettings) -> DiTPolicy:
     _require_peft()
     from peft import LoraConfig
 
-    if lora_of(policy) is not None:
-        raise ValueError(f"policy already has LoRA adapters {lora_of(policy)}; attach once")
+    if policy.lora is not None:
+        raise ValueError(f"policy already has LoRA adapters {policy.lora}; attach once")
     names = {name for name, _ in policy.transformer.named_modules()}
     missing = [t for t in settings.targets if not any(n.endswith(t) for n in names)]
     if missing:
@@ -167,7 +161,7 @@ def tunable_state(policy: DiTPolicy) -> dict[str, Tensor]:
     Without LoRA the whole ``state_dict`` (buffers included); with LoRA the adapters only.
     """
     state = policy.state_dict()
-    if lora_of(policy) is None:
+    if policy.lora is None:
         return {k: v.detach() for k, v in state.items()}
     trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
     return {k: state[k].detach() for k in state if k in trainable}
@@ -183,7 +177,7 @@ def load_tunable_state(policy: DiTPolicy, state: Mapping[str, Tensor]) -> None:
 
     RuntimeError naming the first missing or unexpected tensor, like ``load_state_dict``.
     """
-    if lora_of(policy) is None:
+    if policy.lora is None:
         policy.load_state_dict(dict(state), strict=True)
         return
     own = tunable_state(policy)
@@ -206,7 +200,7 @@ def adapters_disabled(policy: DiTPolicy) -> Iterator[DiTPolicy]:
     The switch is on the shared module: nothing else may run ``policy`` meanwhile (the
     trainer's loss pass is the only user, see trainer_loop.py).
     """
-    if lora_of(policy) is None:
+    if policy.lora is None:
         raise ValueError("the policy has no LoRA adapters to disable")
     policy.transformer.disable_adapters()  # type: ignore[operator]
     try:
@@ -219,7 +213,7 @@ class AdapterFreeReference:
     """The KL reference of a LoRA policy: the same module with its adapters off, no copy."""
 
     def __init__(self, policy: DiTPolicy) -> None:
-        if lora_of(policy) is None:
+        if policy.lora is None:
             raise ValueError("AdapterFreeReference needs a policy with LoRA adapters")
         self.policy = policy
 
@@ -235,7 +229,7 @@ def save_diffusers_lora(policy: DiTPolicy, directory: str | Path) -> Path:
     """The adapters in diffusers' LoRA format (``pytorch_lora_weights.safetensors``, keys
     under ``transformer.``), which ``QwenImagePipeline.load_lora_weights(directory)`` loads
     for inference."""
-    if lora_of(policy) is None:
+    if policy.lora is None:
         raise ValueError("the policy has no LoRA adapters to save")
     from diffusers import QwenImagePipeline
     from peft.utils import get_peft_model_state_dict

@@ -13,7 +13,7 @@ from spotlight.actors.policy_spec import PolicySpec
 from spotlight.actors.weight_slot import weights_fit
 from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.lora import LoraSettings, attach_lora, load_tunable_state, tunable_state
-from tests.micro import MICRO
+from tests.micro import MICRO, nudge_adapters
 
 LORA = LoraSettings(rank=2, alpha=4)
 
@@ -22,10 +22,7 @@ def _trained(base: Path) -> torch.nn.Module:
     """The trainer's policy: the base with adapters that have moved."""
     policy, _ = load_checkpoint(base)
     attach_lora(policy, LORA)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.1)
+    nudge_adapters(policy, 0.1)
     return policy
 
 
@@ -90,10 +87,7 @@ def test_a_node_builds_the_trainers_lora_policy_on_a_pipeline_base(tmp_path: Pat
     assert config.name == "qwen-image" and config.image_size == LATENT_SIDE
     trainer = attach_lora(load_base(base, image_size=LATENT_SIDE), LORA)
     assert trainer.config == config
-    with torch.no_grad():
-        for name, p in trainer.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.1)
+    nudge_adapters(trainer, 0.1)
     spec = PolicySpec.from_answer(
         config.to_dict(), PolicySpec(config=config, lora=LORA, base=str(base)).lora_offer()
     )

@@ -31,7 +31,7 @@ from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import ActorRef, Runtime
 from tests.actors.test_spot_node import GRACE_S, _ready, _start
-from tests.micro import MICRO, PROMPTS, redness
+from tests.micro import MICRO, PROMPTS, nudge_adapters, redness
 from tests.procs import process_gone, wait_for
 from tests.runtime.helpers import FAST, arun
 
@@ -50,16 +50,11 @@ SAMPLER = SamplerConfig(num_steps=4, noise_level=0.7, sde_window=(0, 2))
 
 def _lora_version(base: Path) -> tuple[PolicySpec, dict[str, Any]]:
     """A LoRA run's spec and a version whose adapters have moved (B starts at zero)."""
-    import torch
-
     from spotlight.models.lora import LoraSettings, tunable_state
 
     spec = PolicySpec(config=MICRO, lora=LoraSettings(rank=2, alpha=4), base=str(base))
     trainer = spec.build(device="cpu")
-    with torch.no_grad():
-        for name, p in trainer.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.3)
+    nudge_adapters(trainer, 0.3)
     return spec, tunable_state(trainer)
 
 

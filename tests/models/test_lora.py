@@ -22,6 +22,7 @@ from spotlight.models.lora import (
     tunable_state,
 )
 from spotlight.models.sampler import SamplerConfig
+from tests.micro import nudge_adapters
 
 LORA = LoraSettings(rank=4, alpha=8)
 PROMPTS = ["a red circle", "two blue squares"]
@@ -38,14 +39,6 @@ def _inputs(policy: DiTPolicy) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 def _velocity(policy: DiTPolicy) -> torch.Tensor:
     x, sigma, prompts = _inputs(policy)
     return policy(x, sigma, policy.encode_prompts(prompts))
-
-
-def _nudge_adapters(policy: DiTPolicy, by: float = 0.05) -> None:
-    """Adapters as after some training (B starts at zero, so fresh ones change nothing)."""
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.add_(by)
 
 
 def _redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
@@ -92,7 +85,7 @@ def test_a_flow_grpo_update_moves_the_adapters_and_leaves_the_base_bit_equal() -
 
 def test_a_version_loads_into_a_receiver_with_the_same_adapters_and_nothing_else() -> None:
     trainer = attach_lora(build_policy("tiny", seed=3), LORA)
-    _nudge_adapters(trainer)
+    nudge_adapters(trainer)
     receiver = attach_lora(build_policy("tiny", seed=3), LORA)  # the same base, from disk
     assert not torch.equal(_velocity(receiver), _velocity(trainer))
     load_tunable_state(receiver, tunable_state(trainer))
@@ -109,7 +102,7 @@ def test_a_version_loads_into_a_receiver_with_the_same_adapters_and_nothing_else
 def test_the_kl_reference_is_the_base_without_a_copy() -> None:
     base = build_policy("tiny", seed=5)
     policy = attach_lora(build_policy("tiny", seed=5), LORA)
-    _nudge_adapters(policy)
+    nudge_adapters(policy)
     adapted = _velocity(policy)
     assert (adapted - _velocity(base)).abs().max() > 1e-3
     reference = AdapterFreeReference(policy)
@@ -124,7 +117,7 @@ def test_the_kl_reference_is_the_base_without_a_copy() -> None:
 
 def test_checkpoints_record_the_adapters_and_load_them_back(tmp_path: Path) -> None:
     policy = attach_lora(build_policy("tiny", seed=6), LORA)
-    _nudge_adapters(policy)
+    nudge_adapters(policy)
     save_checkpoint(policy, tmp_path / "ckpt", CheckpointCard(config=policy.config, steps=3))
     loaded, card = load_checkpoint(tmp_path / "ckpt")
     assert card.lora == LORA.to_dict() and loaded.lora == LORA
@@ -134,7 +127,7 @@ def test_checkpoints_record_the_adapters_and_load_them_back(tmp_path: Path) -> N
 def test_the_diffusers_lora_file_loads_into_the_plain_transformer(tmp_path: Path) -> None:
     """What users take away: QwenImagePipeline.load_lora_weights reads this format."""
     policy = attach_lora(build_policy("tiny", seed=7), LORA)
-    _nudge_adapters(policy)
+    nudge_adapters(policy)
     out = save_diffusers_lora(policy, tmp_path / "lora")
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     fresh = build_policy("tiny", seed=7)
