@@ -9,9 +9,10 @@ is the signal fraction of a batch of N samples.
 
 For each sampler setting, ``--repeats`` batches of ``--prompts`` × ``--group`` samples (same
 prompts, disjoint seeds) go through the real ``flow_grpo_iteration`` with a zero-lr SGD
-optimizer (the weights never move; the accumulated gradient is read back), then the mean and
+optimizer (``spotlight.models.grad_probe``: the weights never move), then the mean and
 spread of the pairwise cosines are printed, next to a control reward (mean image brightness:
-dense and trivially learnable) with the same sampler.
+dense and trivially learnable) with the same sampler. Issue 18's gate before any timed run:
+cosine ≥ 0.2 at N = 128 under the training reward (``checks``).
 
     python scripts/diag_grad_snr.py [--base PATH] [--prompts 16] [--group 8] [--repeats 4]
 
@@ -21,30 +22,29 @@ Writes benchmarks/results/grad_snr.json.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from spotlight.models import scenes
 from spotlight.models.batches import iteration_prompts
 from spotlight.models.checkpoint import load_checkpoint
-from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig, flow_grpo_iteration
+from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig
+from spotlight.models.grad_probe import pairwise_cosines, policy_gradient
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.rewards import build_reward
 from spotlight.models.sampler import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
-SETTINGS: dict[str, tuple[tuple[int, int], float, str]] = {
-    "sde 0:2 a=1.0 (bench default)": ((0, 2), 1.0, "flow_grpo"),
-    "sde 0:3 a=0.7": ((0, 3), 0.7, "flow_grpo"),
-    "sde 0:6 a=0.7 (all steps)": ((0, 6), 0.7, "flow_grpo"),
-    "nft, sde 0:2 a=1.0 rollouts": ((0, 2), 1.0, "nft"),
+SETTINGS: dict[str, tuple[tuple[int, int], float, str, str]] = {
+    "sde 0:2 a=1.0 global std (training default)": ((0, 2), 1.0, "flow_grpo", "global"),
+    "sde 0:2 a=1.0 group std": ((0, 2), 1.0, "flow_grpo", "group"),
+    "sde 0:3 a=0.7 global std": ((0, 3), 0.7, "flow_grpo", "global"),
+    "nft, sde 0:2 a=1.0 rollouts": ((0, 2), 1.0, "nft", "global"),
 }
 
 
@@ -53,12 +53,11 @@ def brightness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
     return np.asarray(images, dtype=np.float32).mean(axis=(1, 2, 3)) / 255.0
 
 
-def gradient(base: str, config: FlowGrpoConfig, prompts: list[str], seeds: list[int], reward):
-    policy, _ = load_checkpoint(base)
-    optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
-    stats, _ = flow_grpo_iteration(policy, optimizer, prompts, seeds, reward, config)
-    grad = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
-    return grad, stats.reward.std
+def reward_std(reward, policy, prompts, seeds, sampler) -> float:
+    from spotlight.models.flow_grpo import decode, generate
+
+    states, _ = generate(policy, prompts, seeds, sampler, micro_batch=64)
+    return float(np.std(reward(decode(policy, states), prompts)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS / "grad_snr.json")
     parser.add_argument("--only", nargs="*", choices=OBJECTIVES, help="run these objectives only")
+    parser.add_argument("--reward", default="checks", help="training reward (default checks)")
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error("--repeats must be >= 2 (cosines need pairs)")
@@ -83,34 +83,29 @@ def main(argv: list[str] | None = None) -> int:
     prompts = iteration_prompts(by_kind, 0, 0, args.prompts)
     pairs = [p for p in prompts for _ in range(args.group)]
     n = len(pairs)
-    rewards = {"geneval": build_reward("geneval"), "brightness (control)": brightness}
+    rewards = {args.reward: build_reward(args.reward), "brightness (control)": brightness}
+    policy, _ = load_checkpoint(args.base)
     rows = []
     parser_only = set(args.only) if args.only else None
-    for name, (window, a, objective) in SETTINGS.items():
+    for name, (window, a, objective, adv_norm) in SETTINGS.items():
         if parser_only is not None and objective not in parser_only:
             continue
         config = FlowGrpoConfig(
             prompts_per_iter=args.prompts,
             group_size=args.group,
             sampler=SamplerConfig(num_steps=6, noise_level=a, sde_window=window),
-            grpo=GrpoConfig(clip_range=1e-2),
+            grpo=GrpoConfig(clip_range=1e-2, adv_norm=adv_norm),
             objective=objective,  # type: ignore[arg-type]
             micro_batch=32,
-            chunks_per_update=-(-n // 32),
-            max_grad_norm=None,
         )
         for reward_name, reward in rewards.items():
             t0 = time.perf_counter()
             grads, stds = [], []
             for r in range(args.repeats):
                 seeds = [(r + 1) * 1_000_000 + i for i in range(n)]
-                g, s = gradient(args.base, config, pairs, seeds, reward)
-                grads.append(g)
-                stds.append(s)
-            cos = [
-                float(torch.nn.functional.cosine_similarity(grads[i], grads[j], dim=0))
-                for i, j in itertools.combinations(range(args.repeats), 2)
-            ]
+                grads.append(policy_gradient(policy, pairs, seeds, reward, config))
+                stds.append(reward_std(reward, policy, pairs, seeds, config.sampler))
+            cos = pairwise_cosines(grads)
             row = {
                 "setting": name,
                 "reward": reward_name,

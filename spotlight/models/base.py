@@ -1,5 +1,11 @@
 """Pretraining of the tiny base model by flow matching on procedural scenes (the embedded default).
 
+The default config is ``tiny-latent`` (issue 18's learning testbed): the DiT denoises 8×8×4
+latents of a frozen tiny autoencoder (autoencoder.py), and a documented fraction of its
+training captions is wrong the way web alt-text is wrong (noisy_captions.py), so the base is
+sometimes right and sometimes wrong on one prompt: mistakes RL can learn away. The built
+base ships in the package (``spotlight/assets``, see shipped.py); this module rebuilds it.
+
 RL only teaches a policy that already draws something whose reward varies with the seed, so the
 base must draw recognisable scenes with a *spread* of rewards. A first feasibility run (lr and
 schedule unrecorded, 2,000 steps) reached flow-matching loss 0.084 and a base too weak for RL
@@ -38,9 +44,9 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -56,10 +62,17 @@ from rich.progress import (
 from torch import Tensor
 
 from spotlight.models import scenes
-from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, read_card, save_checkpoint
+from spotlight.models.autoencoder import (
+    DOWNSAMPLE,
+    AutoencoderRecipe,
+    shared_codec,
+    train_autoencoder,
+)
+from spotlight.models.base_eval import score_checkpoint
+from spotlight.models.checkpoint import CheckpointCard, read_card, save_checkpoint
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config, uint8_to_images
-from spotlight.models.flow_grpo import ValidationResult
-from spotlight.models.sampler import SamplerConfig
+from spotlight.models.noisy_captions import noisy_captions
+from spotlight.models.shipped import shipped_base
 
 SIGMA_SAMPLING = ("logit-normal", "uniform")
 
@@ -68,9 +81,9 @@ SIGMA_SAMPLING = ("logit-normal", "uniform")
 class PretrainRecipe:
     """How the base is trained; every field enters the cache key."""
 
-    config: str = "tiny"
+    config: str = "tiny-latent"
     """Name of the DiT config (see dit.CONFIGS)."""
-    steps: int = 2000
+    steps: int = 7000
     """Optimizer steps."""
     batch_size: int = 64
     """Scenes per step."""
@@ -88,13 +101,20 @@ class PretrainRecipe:
     """EMA of the weights (half-life ≈ 140 steps); 0 disables it."""
     sigma_sampling: str = "logit-normal"
     """How training noise levels are drawn: ``logit-normal`` (σ = sigmoid(N(0,1))) or ``uniform``."""
-    pool_size: int = 16384
+    pool_size: int = 24576
     """Rendered training scenes, reused across epochs under fresh noise."""
     seed: int = 0
     """Seeds init, data pool and order, noise and σ."""
+    caption_noise: float = 0.3
+    """Fraction of training captions made wrong (noisy_captions.py): the base's learnable
+    mistakes. 0 trains on clean captions."""
+    autoencoder: AutoencoderRecipe = field(default_factory=AutoencoderRecipe)
+    """How a latent config's autoencoder is trained first (ignored for pixel configs)."""
 
     def __post_init__(self) -> None:
         get_config(self.config)  # ValueError listing valid names
+        if not 0.0 <= self.caption_noise < 1.0:
+            raise ValueError(f"caption_noise must lie in [0, 1), got {self.caption_noise}")
         for name in ("steps", "batch_size", "pool_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -196,6 +216,140 @@ def _progress(console: Console, enabled: bool) -> Progress:
     )
 
 
+def to_tokens(policy: DiTPolicy, images_uint8: np.ndarray) -> Tensor:
+    """Rendered scenes as the policy's clean tokens x0: packed pixels, or packed latents of
+    the policy's frozen autoencoder for a latent config."""
+    images_BCHW = uint8_to_images(images_uint8)
+    vae = policy.config.vae
+    if vae is None:
+        return policy.pack(images_BCHW)
+    codec = shared_codec(vae)
+    return policy.pack(torch.cat([codec.encode(c) for c in images_BCHW.split(512)]))
+
+
+@dataclass
+class _Pool:
+    """The fixed training set: clean tokens and their (possibly noisy) captions."""
+
+    x0_PNC: Tensor
+    captions: list[str]
+    noisy: int
+
+
+def _build_pool(
+    recipe: PretrainRecipe, policy: DiTPolicy, rng: np.random.Generator, bar: Progress
+) -> _Pool:
+    train_prompts, _ = scenes.prompt_split()
+    task = bar.add_task("rendering scenes", total=recipe.pool_size, info="")
+    tokens: list[Tensor] = []
+    captions: list[str] = []
+    for imgs, caps in render_pool(
+        recipe.pool_size, train_prompts, rng, image_size=scenes_image_size(policy.config)
+    ):
+        tokens.append(to_tokens(policy, imgs))
+        captions.extend(caps)
+        bar.advance(task, len(caps))
+    bar.update(task, visible=False)
+    noisy = noisy_captions(captions, rng, recipe.caption_noise)
+    changed = sum(a != b for a, b in zip(captions, noisy, strict=True))
+    return _Pool(x0_PNC=torch.cat(tokens), captions=noisy, noisy=changed)
+
+
+def scenes_image_size(config: DiTConfig) -> int:
+    """Pixels per side of the scenes a config learns from (latent cells × the VAE's factor)."""
+    return config.image_size * (DOWNSAMPLE if config.vae is not None else 1)
+
+
+@dataclass
+class _Heldout:
+    """A fixed held-out batch (fixed noise and σ) to choose between raw and EMA weights."""
+
+    x0: Tensor
+    prompts: list[str]
+    sigma: Tensor
+    noise: Tensor
+
+    def loss(self, policy: DiTPolicy) -> float:
+        with torch.no_grad():
+            return float(flow_matching_loss(policy, self.x0, self.prompts, self.sigma, self.noise))
+
+
+def _heldout(recipe: PretrainRecipe, policy: DiTPolicy) -> _Heldout:
+    _, held_out = scenes.prompt_split()
+    rng = np.random.default_rng(recipe.seed + 10_000)
+    imgs, prompts = scenes.random_batch(
+        rng, min(128, recipe.pool_size), prompts=held_out, size=scenes_image_size(policy.config)
+    )
+    x0 = to_tokens(policy, imgs)
+    gen = torch.Generator().manual_seed(recipe.seed + 10_001)
+    return _Heldout(
+        x0=x0,
+        prompts=prompts,
+        sigma=torch.linspace(0.02, 0.98, x0.shape[0]),
+        noise=torch.randn(x0.shape, generator=gen),
+    )
+
+
+class _Trainer:
+    """The optimizer, EMA and loss curve of one pretraining run."""
+
+    def __init__(self, recipe: PretrainRecipe, policy: DiTPolicy, curve_every: int) -> None:
+        self.recipe = recipe
+        self.policy = policy
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        self.ema = [p.detach().clone() for p in self.params] if recipe.ema_decay > 0 else None
+        self.curve: list[tuple[int, float]] = []
+        self.window: list[float] = []
+        self.curve_every = curve_every
+
+    def step(self, step: int, x0_BNC: Tensor, prompts: list[str], gen: torch.Generator) -> None:
+        recipe = self.recipe
+        sigma_B = sample_sigmas(x0_BNC.shape[0], recipe, gen)
+        noise_BNC = torch.randn(x0_BNC.shape, generator=gen)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, recipe)
+        loss = flow_matching_loss(self.policy, x0_BNC, prompts, sigma_B, noise_BNC)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, recipe.grad_clip)
+        self.opt.step()
+        if self.ema is not None:
+            decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
+        self.window.append(float(loss.detach()))
+        if (step + 1) % self.curve_every == 0 or step + 1 == recipe.steps:
+            self.flush(step + 1)
+
+    def flush(self, steps_done: int) -> None:
+        if self.window:
+            self.curve.append((steps_done, sum(self.window) / len(self.window)))
+            self.window = []
+
+    @property
+    def last_loss(self) -> float:
+        return self.curve[-1][1] if self.curve else float("nan")
+
+    def choose_weights(self, heldout: _Heldout) -> tuple[str, float, float | None]:
+        """Keep the raw or the EMA weights, whichever has the lower held-out loss."""
+        self.policy.eval()
+        val_raw = heldout.loss(self.policy)
+        if self.ema is None:
+            return "raw", val_raw, None
+        raw = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, e in zip(self.params, self.ema, strict=True):
+                p.copy_(e)
+        val_ema = heldout.loss(self.policy)
+        if val_ema <= val_raw:
+            return "ema", val_raw, val_ema
+        with torch.no_grad():
+            for p, r in zip(self.params, raw, strict=True):
+                p.copy_(r)
+        return "raw", val_raw, val_ema
+
+
 def pretrain(
     recipe: PretrainRecipe,
     *,
@@ -210,7 +364,7 @@ def pretrain(
 
     ``max_minutes`` stops early at a wall-clock limit (the card says so; the run is then not
     reproducible in its step count). ``dit_config`` overrides the named config's shape (tests
-    use a micro config); the cache never does.
+    use a micro config; ``build_base`` points a latent config at a freshly trained autoencoder).
     """
     console = console or Console(stderr=True)
     cfg = dit_config or recipe.dit_config
@@ -218,217 +372,116 @@ def pretrain(
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    train_prompts, held_out = scenes.prompt_split()
-
     policy = build_policy(cfg, seed=recipe.seed)
     policy.train()
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    ema = [p.detach().clone() for p in params] if recipe.ema_decay > 0 else None
-
-    # A fixed held-out batch (fixed noise and σ) to choose between raw and EMA weights.
-    val_rng = np.random.default_rng(recipe.seed + 10_000)
-    val_imgs, val_prompts = scenes.random_batch(
-        val_rng, min(128, recipe.pool_size), prompts=held_out, size=cfg.image_size
-    )
-    val_gen = torch.Generator().manual_seed(recipe.seed + 10_001)
-    val_x0 = policy.pack(uint8_to_images(val_imgs))
-    val_sigma = torch.linspace(0.02, 0.98, val_x0.shape[0])
-    val_noise = torch.randn(val_x0.shape, generator=val_gen)
-
-    curve: list[tuple[int, float]] = []
-    steps_done = 0
+    heldout = _heldout(recipe, policy)
+    trainer = _Trainer(recipe, policy, curve_every)
     stopped_early = False
     with _progress(console, progress) as bar:
-        task = bar.add_task("rendering scenes", total=recipe.pool_size, info="")
-        pool_imgs: list[np.ndarray] = []
-        pool_prompts: list[str] = []
-        for imgs, caps in render_pool(
-            recipe.pool_size, train_prompts, rng, image_size=cfg.image_size
-        ):
-            pool_imgs.append(imgs)
-            pool_prompts.extend(caps)
-            bar.advance(task, len(caps))
-        pool_x0 = policy.pack(uint8_to_images(np.concatenate(pool_imgs)))
-        del pool_imgs
+        pool = _build_pool(recipe, policy, rng, bar)
         t_render = time.perf_counter() - t_start
-
-        bar.update(task, visible=False)
         task = bar.add_task("pretraining base", total=recipe.steps, info="")
-        order = rng.permutation(recipe.pool_size)
-        cursor = 0
-        window: list[float] = []
+        batches = _batches(recipe, rng)
         t_train = time.perf_counter()
+        steps_done = 0
         for step in range(recipe.steps):
-            if cursor + recipe.batch_size > recipe.pool_size:
-                order, cursor = rng.permutation(recipe.pool_size), 0
-            idx = order[cursor : cursor + recipe.batch_size]
-            cursor += recipe.batch_size
-            x0_BNC = pool_x0[torch.from_numpy(idx)]
-            prompts = [pool_prompts[i] for i in idx]
-            sigma_B = sample_sigmas(recipe.batch_size, recipe, gen)
-            noise_BNC = torch.randn(x0_BNC.shape, generator=gen)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, recipe)
-            loss = flow_matching_loss(policy, x0_BNC, prompts, sigma_B, noise_BNC)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            opt.step()
-            if ema is not None:
-                decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-            window.append(float(loss.detach()))
+            idx = next(batches)
+            trainer.step(step, pool.x0_PNC[idx], [pool.captions[i] for i in idx], gen)
             steps_done = step + 1
-            if steps_done % curve_every == 0 or steps_done == recipe.steps:
-                curve.append((steps_done, sum(window) / len(window)))
-                window = []
-            bar.update(
-                task, advance=1, info=f"loss {curve[-1][1] if curve else float(loss.detach()):.4f}"
-            )
+            bar.update(task, advance=1, info=f"loss {trainer.last_loss:.4f}")
             if log_every and steps_done % log_every == 0:
                 rate = steps_done / (time.perf_counter() - t_train)
                 bar.console.print(
-                    f"step {steps_done}/{recipe.steps} loss {curve[-1][1]:.4f} "
+                    f"step {steps_done}/{recipe.steps} loss {trainer.last_loss:.4f} "
                     f"lr {lr_at(step, recipe):.2e} {rate:.2f} steps/s"
                 )
             if max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes:
                 stopped_early = steps_done < recipe.steps
-                if window:
-                    curve.append((steps_done, sum(window) / len(window)))
+                trainer.flush(steps_done)
                 break
         train_s = time.perf_counter() - t_train
-
-    policy.eval()
-    val_raw = _fixed_loss(policy, val_x0, val_prompts, val_sigma, val_noise)
-    chosen = "raw"
-    val_ema = None
-    if ema is not None:
-        raw_weights = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, e in zip(params, ema, strict=True):
-                p.copy_(e)
-        val_ema = _fixed_loss(policy, val_x0, val_prompts, val_sigma, val_noise)
-        if val_ema <= val_raw:
-            chosen = "ema"
-        else:
-            with torch.no_grad():
-                for p, r in zip(params, raw_weights, strict=True):
-                    p.copy_(r)
-    wall_s = time.perf_counter() - t_start
+    chosen, val_raw, val_ema = trainer.choose_weights(heldout)
     card = CheckpointCard(
         config=cfg,
         steps=steps_done,
-        loss=curve[-1][1] if curve else None,
+        loss=trainer.curve[-1][1] if trainer.curve else None,
         recipe={**dataclasses.asdict(recipe), "key": recipe.key()},
         metrics={
-            "loss_curve": curve,
+            "loss_curve": trainer.curve,
             "heldout_fm_loss_raw": val_raw,
             "heldout_fm_loss_ema": val_ema,
             "weights": chosen,
+            "noisy_captions": pool.noisy,
             "stopped_early": stopped_early,
             "max_minutes": max_minutes,
             "render_s": round(t_render, 1),
             "train_s": round(train_s, 1),
             "steps_per_s": round(steps_done / max(train_s, 1e-9), 3),
-            "wall_s": round(wall_s, 1),
+            "wall_s": round(time.perf_counter() - t_start, 1),
             "torch_threads": torch.get_num_threads(),
         },
     )
     return PretrainResult(policy=policy, card=card)
 
 
-@torch.no_grad()
-def _fixed_loss(
-    policy: DiTPolicy, x0: Tensor, prompts: Sequence[str], sigma: Tensor, noise: Tensor
-) -> float:
-    return float(flow_matching_loss(policy, x0, prompts, sigma, noise))
-
-
-VAL_PROMPTS = 64
-"""Held-out prompts in the base validation score (evenly spaced over the sorted held-out split)."""
-VAL_SEEDS: tuple[int, ...] = tuple(range(1_000_000, 1_000_008))
-"""Fixed evaluation seeds, far from the small seeds RL rollouts use."""
-
-
-def validation_prompts(n: int = VAL_PROMPTS) -> list[str]:
-    """A fixed, kind-mixed subset of the held-out prompts (all of them if ``n`` ≥ their count)."""
-    held_out = sorted(scenes.prompt_split()[1])
-    if n >= len(held_out):
-        return held_out
-    idx = np.linspace(0, len(held_out) - 1, n).round().astype(int)
-    return [held_out[i] for i in idx]
-
-
-def validation_score(
-    policy: DiTPolicy,
-    *,
-    prompts: Sequence[str] | None = None,
-    seeds: Sequence[int] = VAL_SEEDS,
-    sampler: SamplerConfig | None = None,
-    reward: str = "geneval",
-) -> ValidationResult:
-    """Mean ``reward`` over held-out prompts × ``seeds`` with the ODE sampler (flow_grpo.validate)."""
-    from spotlight.models.flow_grpo import validate
-    from spotlight.models.rewards import build_reward
-
-    return validate(
-        policy,
-        list(prompts) if prompts is not None else validation_prompts(),
-        list(seeds),
-        build_reward(reward),
-        sampler or SamplerConfig(),
-    )
-
-
-def seed_spread(result: ValidationResult) -> float:
-    """Mean over prompts of the std of rewards across seeds: the variance GRPO groups see."""
-    return float(result.rewards_PS.std(axis=1).mean())
-
-
-def score_checkpoint(path: str | os.PathLike[str], **kwargs: Any) -> ValidationResult:
-    """Compute the validation score of a saved checkpoint and write it into its card."""
-    policy, card = load_checkpoint(path)
-    sampler = kwargs.get("sampler") or SamplerConfig()
-    result = validation_score(policy, **kwargs)
-    metrics = {
-        **card.metrics,
-        "val_score_seed_spread": seed_spread(result),
-        "val_score_spread_over_seed_sets": result.spread,
-        "val_protocol": {
-            "prompts": len(result.per_prompt),
-            "seeds": list(kwargs.get("seeds", VAL_SEEDS)),
-            "sampler": dataclasses.asdict(sampler),
-            "reward": kwargs.get("reward", "geneval"),
-        },
-        "val_per_prompt": {
-            p: [round(float(r), 4) for r in row]
-            for p, row in zip(result.per_prompt, result.rewards_PS, strict=True)
-        },
-    }
-    save_checkpoint(
-        policy, path, dataclasses.replace(card, val_score=result.score, metrics=metrics)
-    )
-    return result
+def _batches(recipe: PretrainRecipe, rng: np.random.Generator) -> Iterator[Tensor]:
+    """Pool indices, ``batch_size`` at a time, reshuffled every epoch."""
+    while True:
+        order = torch.from_numpy(rng.permutation(recipe.pool_size))
+        for start in range(0, recipe.pool_size - recipe.batch_size + 1, recipe.batch_size):
+            yield order[start : start + recipe.batch_size]
 
 
 def build_base(
     out: str | os.PathLike[str],
     recipe: PretrainRecipe | None = None,
     *,
+    vae_dir: str | os.PathLike[str] | None = None,
     max_minutes: float | None = None,
     evaluate: bool = True,
     progress: bool = True,
     console: Console | None = None,
 ) -> Path:
-    """Pretrain, save to ``out`` and (``evaluate``) score the base on held-out prompts."""
+    """Pretrain, save to ``out`` and (``evaluate``) score the base on held-out prompts.
+
+    A latent config first trains its autoencoder into ``out/vae`` (or copies ``vae_dir``, an
+    autoencoder trained before) and records that directory as the config's ``vae``;
+    ``scripts/ship_base.py`` then installs the result into the package assets.
+    """
     recipe = recipe or PretrainRecipe()
-    result = pretrain(recipe, max_minutes=max_minutes, progress=progress, console=console)
-    path = save_checkpoint(result.policy, out, result.card)
+    console = console or Console(stderr=True)
+    cfg = recipe.dit_config
+    out_path = Path(out).resolve()
+    ae_metrics: dict[str, object] = {}
+    if cfg.vae is not None:
+        vae_out = out_path / "vae"
+        if vae_dir is not None:
+            shutil.copytree(vae_dir, vae_out, dirs_exist_ok=True)
+        else:
+            ae_metrics = _train_autoencoder(recipe.autoencoder, vae_out, console, progress)
+        cfg = dataclasses.replace(cfg, vae=str(vae_out))
+    result = pretrain(
+        recipe, max_minutes=max_minutes, progress=progress, console=console, dit_config=cfg
+    )
+    metrics = {**result.card.metrics, "autoencoder": ae_metrics or {"from": str(vae_dir)}}
+    path = save_checkpoint(
+        result.policy, out_path, dataclasses.replace(result.card, metrics=metrics)
+    )
     if evaluate:
         score_checkpoint(path)
     return path
+
+
+def _train_autoencoder(
+    recipe: AutoencoderRecipe, out: Path, console: Console, progress: bool
+) -> dict[str, object]:
+    with _progress(console, progress) as bar:
+        task = bar.add_task("training autoencoder", total=recipe.steps, info="")
+        result = train_autoencoder(
+            recipe, on_step=lambda _s, loss: bar.update(task, advance=1, info=f"L1 {loss:.4f}")
+        )
+    result.codec.save(out)
+    return result.metrics
 
 
 @contextlib.contextmanager
@@ -458,13 +511,15 @@ def ensure_base(
     progress: bool = True,
     log: TextIO | None = None,
 ) -> Path:
-    """The cached base checkpoint for ``recipe``, building it first if absent (says so).
+    """The base checkpoint: without ``recipe`` the one shipped in the package (verified; see
+    shipped.py), else the cached build of ``recipe``, building it first if absent (says so).
 
     The build runs once per cache key; concurrent callers wait on a file lock and then reuse
     it. A build is written to a temporary directory and renamed, so an interrupted build never
     leaves a checkpoint that looks complete.
     """
-    recipe = recipe or PretrainRecipe()
+    if recipe is None:
+        return shipped_base()
     path = cached_base_path(recipe, cache_dir)
     log = log or sys.stderr
     if (path / "card.json").is_file():

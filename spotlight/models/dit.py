@@ -37,6 +37,7 @@ from diffusers import QwenImageTransformer2DModel
 from torch import Tensor, nn
 
 from spotlight.models import vocab
+from spotlight.models.autoencoder import shared_codec
 
 if TYPE_CHECKING:
     from spotlight.models.lora import LoraSettings
@@ -75,6 +76,11 @@ class DiTConfig:
     """Tiny only: heads of those layers; must divide ``joint_attention_dim``."""
     dtype: str = "float32"
     """Parameter dtype: ``float32`` for CPU training, ``bfloat16`` for the real model on GPUs."""
+    vae: str | None = None
+    """Tiny latent configs only: the frozen autoencoder that turns latents into pixels — the
+    name of one shipped in the package (``tiny-scenes``) or a directory (diffusers layout)
+    that every process which builds this policy can read. None: pixel space, or a pipeline
+    base that brings its own VAE (qwen_image.py)."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -188,6 +194,26 @@ CONFIGS: dict[str, DiTConfig] = {
     ),
     # Qwen-Image (20B) as published: 60 blocks, 24 × 128 heads, Qwen2.5-VL text width 3584,
     # 16-channel VAE latents packed 2×2 (64 channels per token); 1024 px -> 128 latent cells.
+    # The learning testbed (issue 18): 8×8×4 latents of a frozen tiny AutoencoderKL
+    # (autoencoder.py) in 2×2 patches -> 16 tokens of 16 channels, like Qwen-Image's latents in
+    # 2×2 patches. The SDE action is 256 values a step instead of the pixel config's 3,072;
+    # with 16 + 10 tokens instead of 64 + 10 a step costs ~1/3, so the same minutes buy six
+    # blocks instead of four.
+    "tiny-latent": DiTConfig(
+        name="tiny-latent",
+        image_size=8,
+        channels=4,
+        patch=2,
+        num_layers=6,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        joint_attention_dim=128,
+        axes_dims_rope=(8, 12, 12),
+        text_max_tokens=vocab.MAX_PROMPT_TOKENS,
+        text_encoder_layers=1,
+        text_encoder_heads=4,
+        vae="tiny-scenes",
+    ),
     "qwen-image": DiTConfig(
         name="qwen-image",
         image_size=128,
@@ -382,10 +408,12 @@ class DiTPolicy(nn.Module):
         images_BCHW = self.unpack(x_BNC)
         if self._image_decoder is not None:
             images_BCHW = self._image_decoder(images_BCHW)
-        elif self.config.name == "qwen-image":
+        elif self.config.channels != 3:
             raise ValueError(
-                "policy 'qwen-image' denoises VAE latents and has no image decoder: load it "
-                "with spotlight.models.qwen_image.load_qwen_image(..., vae=True)"
+                f"policy {self.config.name!r} denoises {self.config.channels}-channel latents and "
+                "has no image decoder: build tiny latent configs with build_policy (it attaches "
+                "the config's vae) and load qwen-image with "
+                "spotlight.models.qwen_image.load_qwen_image(..., vae=True)"
             )
         return images_to_uint8(images_BCHW)
 
@@ -449,7 +477,8 @@ def build_policy(config: DiTConfig | str, *, seed: int = 0) -> DiTPolicy:
         text_encoder = TinyTextEncoder(cfg)
     finally:
         torch.random.set_rng_state(gen_state)
-    policy = DiTPolicy(cfg, transformer, text_encoder=text_encoder)
+    decoder = shared_codec(cfg.vae) if cfg.vae is not None else None
+    policy = DiTPolicy(cfg, transformer, text_encoder=text_encoder, image_decoder=decoder)
     return policy.to(cfg.torch_dtype)
 
 

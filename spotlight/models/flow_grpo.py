@@ -481,7 +481,11 @@ def flow_grpo_iteration(
         )
     batch = rollout(policy, prompts, seeds, reward_fn, config, trajectories=trajectories)
     advantages = group_advantages(
-        batch.rewards_B, batch.prompts, std_eps=config.grpo.std_eps, clip=None
+        batch.rewards_B,
+        batch.prompts,
+        std_eps=config.grpo.std_eps,
+        clip=None,
+        norm=config.grpo.adv_norm,
     )
     t_train = time.perf_counter()
     diag, first_dev, grad_norm, n_opt = train_on_rollout(

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+ADV_NORMS: tuple[str, ...] = ("group", "global", "none")
+
 
 @dataclass(frozen=True, kw_only=True)
 class GrpoConfig:
@@ -35,6 +37,11 @@ class GrpoConfig:
     kl_beta: float = 0.0
     """Weight of the KL to the reference policy; 0 = no reference (Flow-GRPO's default for
     Qwen-Image)."""
+    adv_norm: str = "group"
+    """How a group's centred rewards are scaled: ``group`` (÷ the group's std, GRPO), ``global``
+    (÷ the std of the whole batch, Flow-GRPO's configs: a group whose rewards differ by one
+    check is not inflated to ±1 — Pref-GRPO's "illusory advantages") or ``none`` (Dr. GRPO:
+    centred only)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip_range) and self.clip_range > 0):
@@ -45,6 +52,8 @@ class GrpoConfig:
             raise ValueError(f"std_eps must be > 0, got {self.std_eps!r}")
         if not (math.isfinite(self.kl_beta) and self.kl_beta >= 0):
             raise ValueError(f"kl_beta must be >= 0, got {self.kl_beta!r}")
+        if self.adv_norm not in ADV_NORMS:
+            raise ValueError(f"adv_norm {self.adv_norm!r} unknown; valid: {', '.join(ADV_NORMS)}")
 
 
 @dataclass(frozen=True)
@@ -96,20 +105,31 @@ def group_advantages(
     *,
     std_eps: float = 1e-4,
     clip: float | None = None,
+    norm: str = "group",
 ) -> Tensor:
-    """(r − mean_g)/(std_g + ε) per sample, g = the sample's group (its prompt), float32.
+    """(r − mean_g)/(std + ε) per sample, g = the sample's group (its prompt), float32.
 
-    ``std_g`` is the population std (ddof 0) of the group, as in Flow-GRPO; a group of one
-    sample, or one whose rewards are equal, gets advantage 0. ``clip`` clips to ±clip.
+    ``norm`` picks the std (``GrpoConfig.adv_norm``): ``group`` the population std (ddof 0)
+    of the sample's group, as in Flow-GRPO's default; ``global`` that of the whole batch;
+    ``none`` no scaling (ε too is dropped). A group of one sample, or one whose rewards are
+    equal, gets advantage 0 in every mode. ``clip`` clips to ±clip.
     """
     if rewards_B.ndim != 1 or len(groups) != rewards_B.shape[0]:
         raise ValueError(
             f"need one group label per reward: rewards shape {tuple(rewards_B.shape)}, "
             f"{len(groups)} labels"
         )
+    if norm not in ADV_NORMS:
+        raise ValueError(f"advantage norm {norm!r} unknown; valid: {', '.join(ADV_NORMS)}")
     index = _group_index(groups)
     mean, std = _group_mean_std(rewards_B, index)
-    adv = (rewards_B.to(torch.float64) - mean[index]) / (std[index] + std_eps)
+    centred = rewards_B.to(torch.float64) - mean[index]
+    if norm == "group":
+        adv = centred / (std[index] + std_eps)
+    elif norm == "global":
+        adv = centred / (rewards_B.to(torch.float64).std(unbiased=False) + std_eps)
+    else:
+        adv = centred
     if clip is not None:
         adv = adv.clamp(-clip, clip)
     return adv.to(torch.float32)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spotlight.commands import pretrain as pretrain_cmd
-from spotlight.models import base
+from spotlight.models import base, base_eval
 from spotlight.models.base import PretrainRecipe, ensure_base, lr_at, pretrain
 from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, save_checkpoint
 from spotlight.models.dit import build_policy, get_config
@@ -92,8 +92,8 @@ def test_ensure_base_builds_once_and_says_so(tmp_path, monkeypatch):
 
     monkeypatch.setattr(base, "build_base", fake_build)
     log = io.StringIO()
-    first = ensure_base(tmp_path, log=log, progress=False)
-    second = ensure_base(tmp_path, log=log, progress=False)
+    first = ensure_base(tmp_path, recipe=PretrainRecipe(), log=log, progress=False)
+    second = ensure_base(tmp_path, recipe=PretrainRecipe(), log=log, progress=False)
     assert first == second == base.cached_base_path(PretrainRecipe(), tmp_path)
     assert len(builds) == 1 and builds[0].name.endswith(".partial")
     assert "building the tiny base model once" in log.getvalue() and str(first) in log.getvalue()
@@ -109,14 +109,46 @@ def test_ensure_base_uses_spotlight_cache(tmp_path, monkeypatch):
 
 def test_validation_score_on_a_micro_policy():
     policy = build_policy(MICRO)
-    prompts = base.validation_prompts(2)
-    result = base.validation_score(
+    prompts = base_eval.validation_prompts(2)
+    result = base_eval.validation_score(
         policy, prompts=prompts, seeds=[0, 1, 2], sampler=SamplerConfig(num_steps=2)
     )
     assert result.rewards_PS.shape == (2, 3)
     assert 0.0 <= result.score <= 1.0
-    assert base.seed_spread(result) >= 0.0
-    assert len(base.validation_prompts()) == base.VAL_PROMPTS
+    assert base_eval.seed_spread(result) >= 0.0
+    assert len(base_eval.validation_prompts()) == base_eval.VAL_PROMPTS
+
+
+def test_testbed_diagnostics_report_the_gates():
+    policy = build_policy(MICRO)
+    diag = base_eval.testbed_diagnostics(
+        policy,
+        prompts=base_eval.validation_prompts(3),
+        seeds=[0, 1],
+        sampler=SamplerConfig(num_steps=2),
+    )
+    assert set(diag) >= {
+        "score",
+        "strict_acc",
+        "check_pass1",
+        "check_pass8",
+        "shape_acc",
+        "zero_std_frac",
+    }
+    for name in diag["check_pass1"]:
+        assert 0.0 <= diag["check_pass1"][name] <= diag["check_pass8"][name] <= 1.0
+
+
+def test_caption_noise_enters_the_pool_and_the_card():
+    noisy = dataclasses.replace(MICRO_RECIPE, steps=2, caption_noise=0.5)
+    result = pretrain(noisy, dit_config=MICRO, progress=False)
+    assert 16 <= result.card.metrics["noisy_captions"] <= 48  # of 64 captions
+    clean = pretrain(
+        dataclasses.replace(noisy, caption_noise=0.0), dit_config=MICRO, progress=False
+    )
+    assert clean.card.metrics["noisy_captions"] == 0
+    with pytest.raises(ValueError, match="caption_noise"):
+        PretrainRecipe(caption_noise=1.0)
 
 
 def test_cli_minutes_needs_out():

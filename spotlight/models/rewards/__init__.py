@@ -3,7 +3,8 @@
 Every reward is a plain object, cheap to construct, with no global state, so each reward worker
 process builds its own (``build_reward(name, **config)``) and scores whole batches.
 
-    geneval  programmatic GenEval-style reward on the procedural scenes (default; geneval.py)
+    checks   GenEval-style binary checks on the procedural scenes, averaged (default; checks.py)
+    geneval  programmatic GenEval-style partial-credit reward on the same scenes (geneval.py)
     ocr      OCR of quoted prompt text with RapidOCR on CPU (optional package; ocr.py)
 
 A name of the form ``package.module:factory`` is a reward of your own: ``factory(**config)``
@@ -22,6 +23,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
+from spotlight.models.rewards.checks import ChecksConfig, GenEvalChecks, strict_accuracy
 from spotlight.models.rewards.geneval import (
     Detection,
     GenEvalConfig,
@@ -32,7 +34,9 @@ from spotlight.models.rewards.ocr import OcrConfig, OcrReward, ocr_available, ta
 
 __all__ = [
     "REWARD_NAMES",
+    "ChecksConfig",
     "Detection",
+    "GenEvalChecks",
     "GenEvalConfig",
     "GenEvalReward",
     "OcrConfig",
@@ -41,6 +45,7 @@ __all__ = [
     "RewardBreakdown",
     "build_reward",
     "ocr_available",
+    "strict_accuracy",
     "target_text",
 ]
 
@@ -58,11 +63,16 @@ def _geneval(**kwargs: Any) -> Reward:
     return GenEvalReward(GenEvalConfig(**kwargs))
 
 
+def _checks(**kwargs: Any) -> Reward:
+    return GenEvalChecks(ChecksConfig(**kwargs))
+
+
 def _ocr(**kwargs: Any) -> Reward:
     return OcrReward(OcrConfig(**kwargs))
 
 
 _BUILDERS: dict[str, tuple[Callable[..., Reward], type[Any]]] = {
+    "checks": (_checks, ChecksConfig),
     "geneval": (_geneval, GenEvalConfig),
     "ocr": (_ocr, OcrConfig),
 }
