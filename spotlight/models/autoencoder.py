@@ -91,7 +91,8 @@ class LatentCodec:
     """
 
     def __init__(self, vae: AutoencoderKL) -> None:
-        self.vae = vae.eval().requires_grad_(False)
+        module: Any = vae  # mypy does not see diffusers' ModelMixin as an nn.Module
+        self.vae: Any = module.eval().requires_grad_(False)
 
     @property
     def scale(self) -> float:
@@ -223,7 +224,7 @@ def train_autoencoder(
     t0 = time.perf_counter()
     pool_BCHW = render_training_pool(recipe.pool_size, recipe.seed)
     render_s = time.perf_counter() - t0
-    vae = build_autoencoder(recipe.seed)
+    vae: Any = build_autoencoder(recipe.seed)  # Any: as in LatentCodec
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 1)

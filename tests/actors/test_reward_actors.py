@@ -172,5 +172,5 @@ def test_a_reward_of_your_own_by_module_path() -> None:
     assert build_reward("tests.micro:redness_reward") is redness
     with pytest.raises(ValueError, match=r"cannot import 'nope' from 'tests.micro'.*geneval"):
         build_reward("tests.micro:nope")
-    with pytest.raises(ValueError, match=r"unknown reward 'gen'; valid rewards: geneval"):
+    with pytest.raises(ValueError, match=r"unknown reward 'gen'; valid rewards: checks, geneval"):
         build_reward("gen")
