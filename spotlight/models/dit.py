@@ -410,7 +410,7 @@ class DiTPolicy(nn.Module):
             images_BCHW = self._image_decoder(images_BCHW)
         elif self.config.channels != 3:
             raise ValueError(
-                f"policy {self.config.name!r} denoises {self.config.channels}-channel latents and "
+                f"policy {self.config.name!r} denoises {self.config.channels}-channel VAE latents and "
                 "has no image decoder: build tiny latent configs with build_policy (it attaches "
                 "the config's vae) and load qwen-image with "
                 "spotlight.models.qwen_image.load_qwen_image(..., vae=True)"

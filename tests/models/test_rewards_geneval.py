@@ -226,10 +226,10 @@ def test_batch_api_errors_and_factory() -> None:
         r(imgs[0], ["a red circle"] * 32)
     with pytest.raises(PromptError, match="purple"):
         r(imgs, ["a red circle", "a purple circle"])
-    with pytest.raises(ValueError, match="valid rewards: geneval, ocr"):
+    with pytest.raises(ValueError, match="valid rewards: checks, geneval, ocr"):
         build_reward("clip")
     with pytest.raises(ValueError, match="valid settings"):
         build_reward("geneval", min_areaa=3)
     with pytest.raises(ValueError, match="chroma_frac"):
         GenEvalConfig(chroma_frac=1.5)
-    assert REWARD_NAMES == ("geneval", "ocr")
+    assert REWARD_NAMES == ("checks", "geneval", "ocr")
