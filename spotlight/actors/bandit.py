@@ -54,6 +54,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spotlight.models.selection import best_group
+
 
 @dataclass(frozen=True, kw_only=True)
 class BanditConfig:
@@ -92,21 +94,7 @@ def best_group_variance(rewards: Sequence[float] | np.ndarray, group_size: int) 
     With fewer rewards than ``group_size`` it is the variance of all of them (the trainer will
     pad the group with random seeds, whose rewards are unknown).
     """
-    return float(_best_group(np.sort(np.asarray(rewards, dtype=np.float64)), group_size)[1])
-
-
-def _best_group(sorted_r: np.ndarray, group_size: int) -> tuple[int, float]:
-    """(j, variance) of the best extremes subset: the top j and bottom G−j of ``sorted_r``."""
-    n = sorted_r.size
-    if n <= group_size:
-        return n, float(sorted_r.var()) if n else 0.0
-    best_j, best_var = 0, -1.0
-    for j in range(group_size + 1):
-        subset = np.concatenate([sorted_r[: group_size - j], sorted_r[n - j :]])
-        var = float(subset.var())
-        if var > best_var:
-            best_j, best_var = j, var
-    return best_j, best_var
+    return float(best_group(np.sort(np.asarray(rewards, dtype=np.float64)), group_size)[1])
 
 
 def _best_group_variance_batch(rewards_DK: np.ndarray, group_size: int) -> np.ndarray:
@@ -293,7 +281,7 @@ class ExplorationBandit:
         g = self.config.group_size
         explored = sorted(self._rewards[prompt].items(), key=lambda kv: (kv[1], kv[0]))
         if len(explored) >= g:
-            j, variance = _best_group(np.array([r for _, r in explored]), g)
+            j, variance = best_group(np.array([r for _, r in explored]), g)
             chosen = explored[: g - j] + explored[len(explored) - j :]
             return GroupChoice(prompt, tuple(s for s, _ in chosen), variance, 0)
         seeds = [s for s, _ in explored]

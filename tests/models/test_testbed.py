@@ -27,6 +27,7 @@ from spotlight.models.rewards import build_reward
 from spotlight.models.rewards.checks import GenEvalChecks, strict_accuracy
 from spotlight.models.sampler import SamplerConfig
 from spotlight.models.selection import Exploration, best_group, select_seeds
+from tests.micro import MICRO
 
 # ---- caption noise ------------------------------------------------------------------------
 
@@ -213,18 +214,7 @@ def test_advantage_normalisations():
 
 
 def test_gradient_probe_leaves_weights_and_reads_a_gradient():
-    cfg = dataclasses.replace(
-        get_config("tiny"),
-        num_layers=1,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        joint_attention_dim=32,
-        axes_dims_rope=(4, 6, 6),
-        text_encoder_layers=0,
-        image_size=8,
-        patch=4,
-    )
-    policy = build_policy(cfg)
+    policy = build_policy(MICRO)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     algo = FlowGrpoConfig(
         prompts_per_iter=1,
