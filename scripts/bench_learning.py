@@ -55,7 +55,7 @@ from spotlight.models.sampler import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 REWARD = "checks"
-LR = 1e-4
+LR = 5e-5
 CLIP_RANGE = 1e-2
 
 
