@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spotlight.actors.trainer_loop import TRAIN_PROMPTS
+from spotlight.actors.trainer.loop import TRAIN_PROMPTS
 from spotlight.commands.train import RunSettings, train_local
 from spotlight.models.batches import iteration_seeds, validation_set
 from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig

@@ -59,12 +59,12 @@ def _tiny(lora: bool) -> tuple[Any, Any]:
 
 
 def _tiny_bench(reps: int) -> dict[str, Any]:
-    from spotlight.actors.weight_share import flat_bytes
+    from spotlight.actors.weights.share import flat_bytes
     from spotlight.models.flow_grpo import flow_grpo_iteration
     from spotlight.models.lora import tunable_state
     from spotlight.models.rewards import build_reward
     from spotlight.models.scenes import prompt_split
-    from spotlight.system_config import TrainerSection
+    from spotlight.config.sections import TrainerSection
 
     algo = TrainerSection().algo()
     reward = build_reward("geneval")

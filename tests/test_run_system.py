@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from spotlight.system_config import (
+from spotlight.config.sections import (
     ConfigError,
     SystemConfig,
     apply_overrides,
@@ -199,7 +199,7 @@ def test_ondemand_gpus_default_to_the_trainers_world_size() -> None:
 
 
 def test_the_cost_table_bills_one_ondemand_gpu_per_dp_rank(tmp_path: Path) -> None:
-    from spotlight.actors.trainer_loop import TrainerSummary
+    from spotlight.actors.trainer.loop import TrainerSummary
     from spotlight.commands.run import resolve_ondemand_gpus
     from spotlight.commands.run_report import build_report
 

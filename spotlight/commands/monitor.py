@@ -19,7 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from spotlight.actors.monitor import MonitorState
+    from spotlight.actors.monitor.actor import MonitorState
 
 __all__ = ["StateDisplay", "add_arguments", "run"]
 
@@ -114,13 +114,13 @@ class StateDisplay:
             line = json.dumps({"event": "state", **state.summary()}, allow_nan=False)
             print(line, file=self.file or sys.stdout, flush=True)
         elif self._live is not None:
-            from spotlight.actors.monitor_view import render
+            from spotlight.actors.monitor.view import render
 
             self._live.update(render(state))
 
 
 async def _watch(args: argparse.Namespace, json_lines: bool) -> int:
-    from spotlight.actors.monitor import Monitor, MonitorState
+    from spotlight.actors.monitor.actor import Monitor, MonitorState
     from spotlight.runtime import Runtime, RuntimeConfig
     from spotlight.runtime.errors import SpotlightError
 

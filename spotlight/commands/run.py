@@ -8,13 +8,13 @@ Processes and actors (embedded default, one CPU machine, tiny model)::
         (SchedulerActor, journal RUN_DIR/explore.journal), "planner" (PlannerActor),
         "coordinator" (Coordinator: membership, weights, cost, preemptions),
         "rollout_scheduler" + "rollout_local" (rollout.workers pool: the trainer's samples
-        as pull-scheduled requests, see spotlight/actors/rollout_pool.py)
-      + TrainerLoop (spotlight/actors/trainer_loop.py; torch work in a thread)
+        as pull-scheduled requests, see spotlight/actors/rollout/pool.py)
+      + TrainerLoop (spotlight/actors/trainer/loop.py; torch work in a thread)
       + TraceReplayer + ProcessNodeLauncher: one spot node process per trace node
       + "rewards" (RewardRegistry) and ``rewards.workers`` reward worker processes
         (run_rewards.py); the trainer scores its rollouts and validation through them
       + the live view (a subscriber of the monitor; JSON lines when stdout is not a TTY)
-    spot node processes: `python -m spotlight.actors.spot_node --coordinator ADDR ...`
+    spot node processes: `python -m spotlight.nodes.spot --coordinator ADDR ...`
       (explorer + rollout worker + preemption handler; a notice is SIGTERM, a removal
       SIGKILL)
 
@@ -60,21 +60,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spotlight.commands.run_cluster import (
+from spotlight.nodes.serving import (
     Serving,
     add_cluster_arguments,
     external_pool_view,
     watch_stop_file,
     write_atomic,
 )
-from spotlight.commands.run_rewards import RunRewards, reward_summary
-from spotlight.commands.run_rollouts import rollout_stats, rollout_summary, start_rollout_pool
-from spotlight.commands.run_torchrun import record_exit
-from spotlight.system_config import ConfigError, SystemConfig, load_config
+from spotlight.nodes.ondemand_rewards import RunRewards, reward_summary
+from spotlight.nodes.ondemand_rollouts import rollout_stats, rollout_summary, start_rollout_pool
+from spotlight.nodes.torchrun import record_exit
+from spotlight.config.sections import ConfigError, SystemConfig, load_config
 
 if TYPE_CHECKING:
-    from spotlight.actors.policy_spec import PolicySpec
-    from spotlight.actors.trainer_loop import TrainerLoopConfig, TrainerSummary
+    from spotlight.actors.weights.policy_spec import PolicySpec
+    from spotlight.actors.trainer.loop import TrainerLoopConfig, TrainerSummary
 
 __all__ = ["add_arguments", "resolve_ondemand_gpus", "run", "trainer_loop_config"]
 
@@ -215,7 +215,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[SystemConfig, Path, bool]:
                 section, name = key.split(".")
                 merged[section][name] = value
             cfg = SystemConfig.from_dict(merged)
-        from spotlight.system_config import apply_overrides
+        from spotlight.config.sections import apply_overrides
 
         return apply_overrides(cfg, args.overrides), run_dir, True
     cfg = load_config(args.config, overrides=args.overrides, flags=flags)
@@ -234,7 +234,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[SystemConfig, Path, bool]:
 
 
 def trainer_loop_config(cfg: SystemConfig) -> TrainerLoopConfig:
-    from spotlight.actors.trainer_loop import TrainerLoopConfig
+    from spotlight.actors.trainer.loop import TrainerLoopConfig
 
     return TrainerLoopConfig(
         algo=cfg.trainer.algo(),
@@ -279,7 +279,7 @@ class Output:
 
 async def _live_view(monitor: Any, out: Output) -> None:
     """Draw the monitor's states until cancelled (a subscriber like `spotlight monitor`)."""
-    from spotlight.actors.monitor import MonitorState
+    from spotlight.actors.monitor.actor import MonitorState
     from spotlight.commands.monitor import StateDisplay
     from spotlight.runtime.errors import SpotlightError
 
@@ -312,7 +312,7 @@ def _policy_spec(cfg: SystemConfig, progress: bool) -> PolicySpec:
 
     With no base configured this is where the cached tiny base is built on first use
     (minutes; a progress bar on a terminal), before the live view starts."""
-    from spotlight.actors.policy_spec import PolicySpec
+    from spotlight.actors.weights.policy_spec import PolicySpec
     from spotlight.models.bases import base_config
 
     if cfg.trainer.base is None:
@@ -399,10 +399,10 @@ class _Pool:
 async def _main(
     cfg: SystemConfig, run_dir: Path, resume: bool, out: Output, serving: Serving
 ) -> dict[str, Any]:
-    from spotlight.actors.monitor import Monitor, MonitorConfig
-    from spotlight.actors.planner import PlannerActor
-    from spotlight.actors.scheduler import SchedulerActor
-    from spotlight.actors.trainer_loop import TrainerLoop, init_context
+    from spotlight.actors.monitor.actor import Monitor, MonitorConfig
+    from spotlight.actors.exploration.planner import PlannerActor
+    from spotlight.actors.scheduling.scheduler import SchedulerActor
+    from spotlight.actors.trainer.loop import TrainerLoop, init_context
     from spotlight.runtime import Runtime
 
     ctx = await asyncio.to_thread(init_context)
@@ -451,8 +451,8 @@ async def _main(
             seed=cfg.run.seed,
             name="planner",
         )
-        from spotlight.actors.metrics import MetricsPublisher
-        from spotlight.actors.weight_publish import WeightPublisher
+        from spotlight.actors.monitor.metrics import MetricsPublisher
+        from spotlight.actors.weights.publish import WeightPublisher
 
         publisher = WeightPublisher()
         rollouts = (
@@ -462,7 +462,7 @@ async def _main(
             if pooled
             else None
         )
-        from spotlight.actors.coordinator import Coordinator
+        from spotlight.actors.cluster.coordinator import Coordinator
 
         coordinator = await rt.spawn(
             Coordinator,
@@ -505,9 +505,9 @@ async def _main(
             if serving.ready_file is not None:
                 write_atomic(serving.ready_file, rt.address + "\n")
             if pool.enabled and not pool.external:
-                from spotlight.actors.replay import ProcessNodeLauncher, TraceReplayer
-                from spotlight.actors.restart_pool import RestartPoolLauncher
-                from spotlight.actors.spot_trace import load_trace, synthesize_notices
+                from spotlight.actors.spot.replay import ProcessNodeLauncher, TraceReplayer
+                from spotlight.actors.spot.restart_pool import RestartPoolLauncher
+                from spotlight.actors.spot.trace import load_trace, synthesize_notices
 
                 trace = load_trace(cfg.spot.trace_path())
                 if cfg.spot.notice_s > 0:
@@ -630,7 +630,7 @@ def _remove_interrupt_handlers() -> None:
 async def _gather_stats(
     scheduler: Any, planner: Any, coordinator: Any, publisher: Any
 ) -> dict[str, Any]:
-    from spotlight.actors.metrics import plain
+    from spotlight.actors.monitor.metrics import plain
     from spotlight.runtime.errors import SpotlightError
 
     out: dict[str, Any] = {"weights": plain(publisher.statistics())}

@@ -198,7 +198,7 @@ def adapters_disabled(policy: DiTPolicy) -> Iterator[DiTPolicy]:
     """``policy`` computing as its frozen base (the KL reference) inside the block.
 
     The switch is on the shared module: nothing else may run ``policy`` meanwhile (the
-    trainer's loss pass is the only user, see trainer_loop.py).
+    trainer's loss pass is the only user, see actors/trainer/loop.py).
     """
     if policy.lora is None:
         raise ValueError("the policy has no LoRA adapters to disable")

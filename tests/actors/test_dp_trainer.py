@@ -30,7 +30,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from spotlight.actors.dp_trainer import (
+from spotlight.models.data_parallel import (
     DPContext,
     broadcast_object,
     broadcast_parameters,

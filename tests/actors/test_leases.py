@@ -26,8 +26,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from spotlight.actors.journal import JournalConfig
-from spotlight.actors.leases import Lease, LeaseTable, SampleRequest, Snapshot
+from spotlight.actors.scheduling.journal import JournalConfig
+from spotlight.actors.scheduling.leases import Lease, LeaseTable, SampleRequest, Snapshot
 
 TTL = 10.0
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spotlight.actors.policy_spec import PolicySpec
-from spotlight.actors.weight_slot import weights_fit
+from spotlight.actors.weights.policy_spec import PolicySpec
+from spotlight.actors.weights.slot import weights_fit
 from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.lora import LoraSettings, attach_lora, load_tunable_state, tunable_state
 from tests.micro import MICRO, nudge_adapters

@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spotlight.actors.coordinator import Coordinator
-from spotlight.actors.explorer import ExploreSettings
-from spotlight.actors.leases import SampleRequest
-from spotlight.actors.policy_spec import PolicySpec
-from spotlight.actors.prices import Prices
-from spotlight.actors.sampling_backend import ThreadBackend
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
-from spotlight.actors.sp_explore import GROUP_ACTOR, NodeSPConfig, SPBackend
-from spotlight.actors.weight_publish import WeightPublisher
-from spotlight.actors.weight_share import remove_published_by
+from spotlight.actors.cluster.coordinator import Coordinator
+from spotlight.actors.exploration.explorer import ExploreSettings
+from spotlight.actors.scheduling.leases import SampleRequest
+from spotlight.actors.weights.policy_spec import PolicySpec
+from spotlight.actors.spot.prices import Prices
+from spotlight.actors.exploration.backends import ThreadBackend
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.exploration.sp_backend import GROUP_ACTOR, NodeSPConfig, SPBackend
+from spotlight.actors.weights.publish import WeightPublisher
+from spotlight.actors.weights.share import remove_published_by
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import ActorRef, Runtime
