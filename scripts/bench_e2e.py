@@ -299,7 +299,7 @@ def cost_at(run: dict[str, Any], t_wall: float, settings: dict[str, Any]) -> dic
     """The run report's cost model at wall second ``t_wall`` on the shared clock."""
     from spotlight.actors.spot.prices import CostMeter
     from spotlight.actors.spot.trace import load_trace, synthesize_notices
-    from spotlight.config.sections import SystemConfig
+    from spotlight.config import SystemConfig
 
     cfg = SystemConfig.from_dict(run["config"])
     sim_s = t_wall * settings["time_scale"]
@@ -450,7 +450,7 @@ def projection(
     """The discrete-event projection from measured per-step costs (labelled as such)."""
     from spotlight.actors.spot.projection import IterationsNeeded, project
     from spotlight.actors.spot.trace import load_trace, synthesize_notices
-    from spotlight.config.sections import SystemConfig
+    from spotlight.config import SystemConfig
 
     needed = {m: per_mode[m]["iters_to_target"] for m in MODES}
     if any(v is None for v in needed.values()):

@@ -125,7 +125,7 @@ def sample_grid(base: Path, trained: Path, settings: RunSettings, out: Path) -> 
     import matplotlib.pyplot as plt
 
     from spotlight.models import scenes
-    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.bases import load_checkpoint
     from spotlight.models.flow_grpo import decode, generate
 
     prompts, _ = validation_set(scenes.prompt_split()[1], 2, 1)

@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 import uvloop
 
-from spotlight.actors.exploration.explorer import ExploreSettings
-from spotlight.actors.exploration.backends import ThreadBackend
+from spotlight.actors.exploration.backends import ExploreSettings, ThreadBackend
 from spotlight.actors.exploration.sp_backend import NodeSPConfig, SPBackend
 from spotlight.models.dit import build_policy, get_config
 from spotlight.models.rewards import build_reward

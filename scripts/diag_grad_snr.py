@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from spotlight.models import scenes
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig, flow_grpo_iteration
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.rewards import build_reward

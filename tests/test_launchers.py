@@ -23,14 +23,10 @@ from typing import Any
 
 import pytest
 
-from spotlight.nodes.serving import (
-    TOKEN_ENV,
-    external_pool_view,
-    parse_listen,
-    runtime_config,
-    write_atomic,
-)
+from spotlight.nodes.process import write_atomic
+from spotlight.nodes.serving import external_pool_view, parse_listen, runtime_config
 from spotlight.nodes.torchrun import EXIT_DIR_ENV, exit_status, record_exit
+from spotlight.runtime.config import TOKEN_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 ONDEMAND = REPO / "scripts" / "launch_ondemand.sh"

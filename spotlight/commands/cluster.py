@@ -217,7 +217,11 @@ async def _replay(
         return await TraceReplayer(
             trace, launcher, time_scale=args.time_scale, on_event=printer
         ).run()
-    async with ProcessNodeLauncher(args.command, stdout=_stderr_fd()) as proc_launcher:
+    from spotlight.actors.weights.share import remove_published_by
+
+    async with ProcessNodeLauncher(
+        args.command, stdout=_stderr_fd(), on_reaped=remove_published_by
+    ) as proc_launcher:
         return await TraceReplayer(
             trace, proc_launcher, time_scale=args.time_scale, on_event=printer
         ).run()

@@ -18,12 +18,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from spotlight.runtime.config import TOKEN_ENV
+
 if TYPE_CHECKING:
     from spotlight.actors.monitor.actor import MonitorState
 
 __all__ = ["StateDisplay", "add_arguments", "run"]
-
-TOKEN_ENV = "SPOTLIGHT_CLUSTER_TOKEN"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from spotlight.actors.spot.replay import ReplayStats
     from spotlight.actors.spot.trace import SpotTrace
     from spotlight.actors.trainer.loop import TrainerSummary
-    from spotlight.config.sections import SystemConfig
+    from spotlight.config import SystemConfig
 
 __all__ = ["build_report", "write_report"]
 

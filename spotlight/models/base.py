@@ -56,7 +56,8 @@ from rich.progress import (
 from torch import Tensor
 
 from spotlight.models import scenes
-from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, read_card, save_checkpoint
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.checkpoint import CheckpointCard, read_card, save_checkpoint
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config, uint8_to_images
 from spotlight.models.flow_grpo import ValidationResult
 from spotlight.models.sampler import SamplerConfig

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from spotlight.models import vocab
 
 if TYPE_CHECKING:
-    from spotlight.models.lora import LoraSettings
+    from spotlight.models.lora_settings import LoraSettings
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,9 @@ import asyncio
 
 import torch
 
-from spotlight.actors.exploration.explorer import _MODES, ExplorerActor, ExploreSettings
+from spotlight.actors.exploration.backends import _MODES, ExploreSettings
+from spotlight.actors.exploration.explorer import ExplorerActor
+from spotlight.actors.scheduling.work import PULL_BATCH
 
 __all__ = ["main"]
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         "coordinator instead; this must match the weights the trainer sends)",
     )
     ap.add_argument("--mode", default="sde", choices=_MODES)
-    ap.add_argument("--pull-batch", type=int, default=16)
+    ap.add_argument("--pull-batch", type=int, default=PULL_BATCH)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

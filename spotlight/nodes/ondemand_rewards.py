@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from spotlight.actors.monitor.metrics import MetricsPublisher
     from spotlight.actors.rewards.client import RemoteReward, RemoteRewardStats
     from spotlight.actors.rewards.pool import RewardPool
+    from spotlight.config import SystemConfig
     from spotlight.runtime import Runtime
-    from spotlight.config.sections import SystemConfig
 
 __all__ = ["RunRewards", "reward_summary"]
 
@@ -54,20 +54,11 @@ class RunRewards:
             return None
         from spotlight.actors.monitor.metrics import plain
         from spotlight.actors.rewards.client import RemoteReward
-        from spotlight.actors.rewards.pool import RewardPool, RewardPoolConfig
+        from spotlight.actors.rewards.pool import RewardPool
         from spotlight.models.rewards import build_reward
 
         r = cfg.rewards
-        pool = RewardPool(
-            rt,
-            RewardPoolConfig(
-                workers=r.workers,
-                actors_per_worker=r.actors_per_worker,
-                reward=cfg.trainer.reward,
-                start_timeout_s=r.start_timeout_s,
-            ),
-            run_dir / "rewards.log",
-        )
+        pool = RewardPool(rt, r.pool_config(cfg.trainer.reward), run_dir / "rewards.log")
         loop = asyncio.get_running_loop()
 
         def publish(stats: RemoteRewardStats) -> None:  # on the loop: the roster is read here

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from spotlight.actors.rollout.pool import RolloutPool
+    from spotlight.config import RolloutSection
     from spotlight.models.sampler import SamplerConfig
     from spotlight.runtime import Runtime
-    from spotlight.config.sections import RolloutSection
 
 __all__ = ["rollout_stats", "rollout_summary", "start_rollout_pool"]
 
@@ -30,18 +30,10 @@ async def start_rollout_pool(
     ``commits=False`` is the checkpoint/restart baseline (``spot.fault_mode: restart``):
     workers never commit and hand nothing back, so a lost request starts over from step 0,
     as a TorchElastic-style restart of the sampling job would."""
-    from spotlight.actors.rollout.worker import RolloutSettings
     from spotlight.actors.rollout.pool import RolloutPool
-    from spotlight.actors.scheduling.scheduler import SchedulingConfig
+    from spotlight.actors.rollout.worker import RolloutSettings
 
-    timing = SchedulingConfig(
-        lease_ttl_s=section.lease_ttl_s,
-        heartbeat_s=section.lease_ttl_s / 3,
-        commit_interval=section.commit_interval,
-        pull_batch=section.pull_batch,
-        idle_pull_s=IDLE_PULL_S,
-        call_timeout_s=CALL_TIMEOUT_S,
-    )
+    timing = section.scheduling(idle_pull_s=IDLE_PULL_S, call_timeout_s=CALL_TIMEOUT_S)
     settings = RolloutSettings.like(sampler, batch_held=True, checkpoint=commits)
     return await RolloutPool.start(rt, timing, settings=settings, timeout_s=section.timeout_s)
 

@@ -26,18 +26,13 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from spotlight.nodes.process import write_atomic
 
 __all__ = ["main"]
 
 log = logging.getLogger("spotlight.nodes.pull_worker")
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    Path(tmp).write_text(text)
-    os.replace(tmp, path)
 
 
 def _timing(text: str | None) -> Any:
@@ -72,7 +67,7 @@ def run_scheduler(args: argparse.Namespace) -> None:
             name="scheduler",
         )
         if args.ready_file:
-            _write_atomic(args.ready_file, rt.address)
+            write_atomic(args.ready_file, rt.address)
         await asyncio.Event().wait()
 
     run(body, _runtime_config(args))
@@ -92,8 +87,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 async def _worker_body(args: argparse.Namespace) -> int:
-    from spotlight.actors.scheduling.preemption import PreemptionHandler, PreemptionReport
     from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker
+    from spotlight.actors.scheduling.preemption import PreemptionHandler, PreemptionReport
     from spotlight.actors.scheduling.scheduler import SchedulerActor
     from spotlight.models.dit import build_policy
     from spotlight.runtime import Runtime
@@ -143,10 +138,10 @@ async def _worker_body(args: argparse.Namespace) -> int:
                 name="preemption",
             )
         if args.ready_file:
-            _write_atomic(args.ready_file, rt.address)
+            write_atomic(args.ready_file, rt.address)
         await done.wait()
         if args.report_file and reports:
-            _write_atomic(args.report_file, json.dumps(dataclasses.asdict(reports[0])))
+            write_atomic(args.report_file, json.dumps(dataclasses.asdict(reports[0])))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(rt.shutdown("preempted"), timeout=0.5)
     log.info("worker %s exits at %.3f", args.worker_id, time.time())
@@ -168,8 +163,8 @@ def run_launcher() -> None:
     import uvloop  # noqa: F401 - imported before forking, on purpose
     import zmq  # noqa: F401
 
-    import spotlight.actors.scheduling.preemption
     import spotlight.actors.rollout.worker
+    import spotlight.actors.scheduling.preemption
     import spotlight.actors.scheduling.scheduler
     import spotlight.models.dit  # noqa: F401
 

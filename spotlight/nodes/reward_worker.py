@@ -30,28 +30,19 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from spotlight.actors.rewards.actor import RewardActor
+from spotlight.actors.rewards.pool import REGISTRY_NAME
+from spotlight.nodes.process import add_join_arguments, write_atomic
 from spotlight.runtime import ActorRef, Runtime, RuntimeConfig
+from spotlight.runtime.config import TOKEN_ENV
 from spotlight.runtime.errors import SpotlightError
-from spotlight.runtime.runtime import PeerEvents
+from spotlight.runtime.peers import PeerEvents
 
-__all__ = ["REGISTRY_NAME", "TOKEN_ENV", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("spotlight.nodes.reward_worker")
-
-REGISTRY_NAME = "rewards"
-"""The registry actor's name on the trainer's runtime."""
-TOKEN_ENV = "SPOTLIGHT_CLUSTER_TOKEN"
-"""Environment variable holding the cluster token (the same one spot nodes read)."""
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    Path(tmp).write_text(text)
-    os.replace(tmp, path)
 
 
 async def _register(
@@ -106,7 +97,7 @@ async def _worker_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
         if not await _register(registry, args, refs, within_s=args.register_timeout_s):
             return 1
         if args.ready_file:
-            _write_atomic(args.ready_file, rt.address)
+            write_atomic(args.ready_file, rt.address)
         log.info("reward worker %s at %s (%d actors)", args.worker_id, rt.address, args.actors)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(
             _registry_lost(peers, registry, refs, args)
@@ -131,19 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", required=True, help="this worker's id (unique in the run)")
     p.add_argument("--reward", default="geneval", help="reward name (build_reward)")
     p.add_argument("--actors", type=int, default=1, help="RewardActors in this process")
-    p.add_argument("--ready-file", default=None, help="write the runtime address here when up")
-    p.add_argument("--heartbeat-s", type=float, default=0.5, help="runtime heartbeat period")
-    p.add_argument("--call-timeout-s", type=float, default=10.0, help="deadline of each call")
-    p.add_argument(
-        "--register-timeout-s", type=float, default=60.0, help="give up joining after this"
-    )
-    p.add_argument(
-        "--registry-lost-s",
-        type=float,
-        default=10.0,
-        help="after losing the registry, try to re-join this long, then exit",
-    )
-    p.add_argument("--log-level", default="WARNING")
+    add_join_arguments(p, peer="registry")
     return p
 
 

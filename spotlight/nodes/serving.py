@@ -10,7 +10,7 @@ piece a test can call without starting the system.
   ``$SPOTLIGHT_CLUSTER_TOKEN`` (the runtime refuses to bind without it, and peers must
   present the same token: spot nodes read the same variable). Binding a wildcard
   (``0.0.0.0``/``::``) advertises this host's name unless ``--advertise-host`` says otherwise.
-* ``--ready-file F`` -> :func:`write_atomic`: the runtime address, written once the
+* ``--ready-file F`` -> :func:`~spotlight.nodes.process.write_atomic`: the runtime address, written once the
   coordinator serves (a rename, so a reader never sees half an address).
 * ``--stop-file F`` -> :func:`watch_stop_file`: the run stops as after a first Ctrl-C once F
   exists (a script's way to end a run cleanly that does not depend on how a launcher
@@ -31,23 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spotlight.runtime.config import TOKEN_ENV
+
 if TYPE_CHECKING:
     from spotlight.actors.spot.replay import ReplayStats
     from spotlight.actors.spot.trace import SpotTrace
     from spotlight.runtime import RuntimeConfig
 
 __all__ = [
-    "TOKEN_ENV",
     "Serving",
     "add_cluster_arguments",
     "external_pool_view",
     "parse_listen",
     "runtime_config",
     "watch_stop_file",
-    "write_atomic",
 ]
 
-TOKEN_ENV = "SPOTLIGHT_CLUSTER_TOKEN"
 """Environment variable holding the cluster token (the same one spot nodes and
 ``spotlight monitor`` read; not a flag, which would show in ``ps``)."""
 
@@ -162,14 +161,6 @@ def runtime_config(listen: str | None, advertise_host: str | None) -> RuntimeCon
         raise ValueError(
             f"--listen {listen}: {exc} (the token is read from ${TOKEN_ENV})"
         ) from None
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` by a rename: a reader sees nothing or all of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def external_pool_view(

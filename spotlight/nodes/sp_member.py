@@ -18,7 +18,6 @@ import signal
 import sys
 from pathlib import Path
 
-MEMBER_NAME = "sp_member"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
 
-    from spotlight.actors.sp.member import SPMember, SPMemberConfig
+    from spotlight.actors.sp.member import MEMBER_NAME, SPMember, SPMemberConfig
     from spotlight.models.dit import DiTConfig
     from spotlight.runtime import Runtime, RuntimeConfig, run
 

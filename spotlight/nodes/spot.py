@@ -61,41 +61,34 @@ import signal
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from spotlight.actors.cluster.coordinator import sampler_from_dict
-from spotlight.actors.exploration.explorer import ExplorerActor, ExploreSettings
-from spotlight.actors.weights.policy_spec import PolicySpec
-from spotlight.actors.scheduling.preemption import PreemptionHandler, PreemptionReport
-from spotlight.actors.rollout.worker import DrainReport, Occupancy, RolloutWorker
-from spotlight.actors.exploration.backends import BackendFactory
+from spotlight.actors.exploration.backends import BackendFactory, ExploreSettings
+from spotlight.actors.exploration.explorer import ExplorerActor
 from spotlight.actors.exploration.sp_backend import NodeSPConfig, SPBackend
+from spotlight.actors.rollout.worker import Occupancy, RolloutWorker
+from spotlight.actors.scheduling.preemption import PreemptionHandler, PreemptionReport
+from spotlight.actors.scheduling.work import DrainReport, sampler_from_dict
+from spotlight.actors.weights.policy_spec import PolicySpec
+from spotlight.nodes.process import add_join_arguments, write_atomic
 from spotlight.runtime import Actor, ActorRef, Runtime, RuntimeConfig, endpoint
+from spotlight.runtime.config import TOKEN_ENV
 from spotlight.runtime.errors import SpotlightError
 from spotlight.runtime.notice import SignalNotice
-from spotlight.runtime.runtime import PeerEvents
+from spotlight.runtime.peers import PeerEvents
 
 INCARNATION = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
 """Drawn once per process and sent with every ``register_node``: when the coordinator found
 this node gone (its own stall, a network hiccup) and we register again, it can tell the same
 process coming back (no preemption) from a restart under the same id and address."""
 
-__all__ = ["TOKEN_ENV", "NodeAgent", "build_parser", "main"]
+__all__ = ["NodeAgent", "build_parser", "main"]
 
 log = logging.getLogger("spotlight.nodes.spot")
 
-TOKEN_ENV = "SPOTLIGHT_CLUSTER_TOKEN"
-"""Environment variable holding the cluster token (not a flag: it would show in ``ps``)."""
 
 _EXIT_MARGIN_S = 0.3
 """Kept free before the notice deadline for the runtime shutdown and the exit itself."""
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    Path(tmp).write_text(text)
-    os.replace(tmp, path)
 
 
 class NodeAgent(Actor):
@@ -286,7 +279,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             loop.add_signal_handler(signal.SIGTERM, on_signal, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, on_signal, "SIGINT")
         if args.ready_file:
-            _write_atomic(args.ready_file, rt.address)
+            write_atomic(args.ready_file, rt.address)
         print(f"spot node {args.node_id} at {rt.address}", flush=True)
 
         watcher: asyncio.Future[Any] = asyncio.ensure_future(
@@ -407,7 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="SIGTERM is a preemption notice with this many seconds of lead (unset: SIGTERM "
         "leaves at once, without a preemption)",
     )
-    p.add_argument("--ready-file", default=None, help="write the runtime address here when up")
     p.add_argument(
         "--bind-host",
         default="127.0.0.1",
@@ -433,18 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="sde", choices=("sde", "ode"), help="exploration sampler")
     p.add_argument("--pull-batch", type=int, default=8, help="requests sampled together")
     p.add_argument("--micro-batch", type=int, default=16, help="samples per forward pass")
-    p.add_argument("--heartbeat-s", type=float, default=0.5, help="runtime heartbeat period")
-    p.add_argument("--call-timeout-s", type=float, default=10.0, help="deadline of each call")
-    p.add_argument(
-        "--register-timeout-s", type=float, default=60.0, help="give up joining after this"
-    )
-    p.add_argument(
-        "--coordinator-lost-s",
-        type=float,
-        default=10.0,
-        help="after losing the coordinator, try to re-join this long, then exit",
-    )
-    p.add_argument("--log-level", default="WARNING")
+    add_join_arguments(p, peer="coordinator")
     return p
 
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spotlight.nodes.serving import write_atomic
+from spotlight.nodes.process import write_atomic
 
 __all__ = ["EXIT_DIR_ENV", "exit_status", "main", "record_exit"]
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from spotlight.actors.cluster.coordinator import Coordinator, CoordinatorStats, sampler_from_dict
+from spotlight.actors.cluster.coordinator import Coordinator, CoordinatorStats
 from spotlight.actors.monitor.actor import Monitor
 from spotlight.actors.scheduling.preemption import PreemptionReport
+from spotlight.actors.scheduling.work import DrainReport, sampler_from_dict
 from spotlight.actors.spot.prices import Prices
-from spotlight.actors.rollout.worker import DrainReport
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
 from spotlight.runtime.errors import PeerLost, RemoteError

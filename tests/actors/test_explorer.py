@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from spotlight.actors.exploration.explorer import (
-    ExplorerActor,
-    ExploreResult,
-    ExploreSettings,
-    WeightSlot,
-    sampler_for_steps,
-)
-from spotlight.actors.scheduling.leases import SampleRequest
+from spotlight.actors.exploration.backends import ExploreSettings, sampler_for_steps
+from spotlight.actors.exploration.explorer import ExplorerActor, ExploreResult, WeightSlot
 from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
 from spotlight.actors.weights.publish import WeightPublisher
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig

@@ -28,7 +28,8 @@ from spotlight.actors.scheduling.journal import (
     JournalCorruptError,
     Submitted,
 )
-from spotlight.actors.scheduling.leases import LeaseTable, SampleRequest, Snapshot
+from spotlight.actors.scheduling.leases import LeaseTable
+from spotlight.actors.scheduling.work import SampleRequest, Snapshot
 
 TTL = 10.0
 

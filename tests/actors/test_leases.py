@@ -27,7 +27,8 @@ from hypothesis.stateful import (
 )
 
 from spotlight.actors.scheduling.journal import JournalConfig
-from spotlight.actors.scheduling.leases import Lease, LeaseTable, SampleRequest, Snapshot
+from spotlight.actors.scheduling.leases import LeaseTable
+from spotlight.actors.scheduling.work import Lease, SampleRequest, Snapshot
 
 TTL = 10.0
 

@@ -25,8 +25,8 @@ START_TIMEOUT_S = 60.0  # children import torch on a possibly busy 2-core machin
 
 def child_main(ready_file: str, run_dir: str) -> None:
     """Body of the child: a Monitor named ``monitor`` fed by a trainer-like publisher."""
-    from spotlight.actors.monitor.metrics import MetricsPublisher
     from spotlight.actors.monitor.actor import Monitor, MonitorConfig
+    from spotlight.actors.monitor.metrics import MetricsPublisher
     from spotlight.runtime import Runtime, RuntimeConfig, run
 
     async def main(rt: Runtime) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from spotlight.actors.rollout.worker import DrainReport
+from spotlight.actors.scheduling.work import DrainReport
 from spotlight.nodes.spot import NodeAgent, merge_drain_reports
 from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
 from tests.runtime.helpers import FAST, arun

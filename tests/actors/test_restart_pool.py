@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from spotlight.actors.spot.restart_pool import RestartPoolLauncher
-from spotlight.config.sections import ConfigError, SystemConfig, apply_overrides
+from spotlight.config import ConfigError, SystemConfig, apply_overrides
 from tests.procs import process_gone, wait_for
 
 pytestmark = [

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from spotlight.actors.scheduling.leases import SampleRequest
-from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker
 from spotlight.actors.rollout.pool import LOCAL_WORKER, RolloutPool
+from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker
 from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
 from spotlight.actors.trainer.loop import TrainerLoop, TrainerLoopConfig
 from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig, regroup

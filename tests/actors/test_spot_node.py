@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from spotlight.actors.cluster.coordinator import Coordinator, CoordinatorStats
-from spotlight.actors.scheduling.leases import SampleRequest
-from spotlight.actors.spot.prices import Prices
 from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
+from spotlight.actors.spot.prices import Prices
 from spotlight.actors.weights.publish import WeightPublisher
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
@@ -191,7 +191,7 @@ def test_a_spot_node_explores_a_base_that_is_not_a_named_config(
     """The coordinator's model is the micro base checkpoint's config (no named config has its
     shapes): the node builds it from register_node's answer, loads the published micro
     weights and explores (rewards come back)."""
-    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.bases import load_checkpoint
 
     policy, card = load_checkpoint(micro_base)
     assert card.config.name == "micro"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from spotlight.actors.scheduling.journal import Completed, Journal
-from spotlight.actors.scheduling.leases import SampleRequest
+from spotlight.actors.scheduling.work import SampleRequest
 from tests.faults.harness import (
     PROMPTS,
     Cluster,

@@ -62,11 +62,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import spotlight.actors.exploration.explorer  # noqa: F401 - registers SamplerConfig as a wire type
+import spotlight.actors.scheduling.work  # noqa: F401 - registers SamplerConfig as a wire type
 from spotlight.actors.monitor.metrics import MetricsPublisher
-from spotlight.actors.weights.policy_spec import PolicySpec
 from spotlight.actors.scheduling.preemption import PreemptionReport
 from spotlight.actors.spot.prices import NODE_CLASSES, CostMeter, CostSummary, Prices
+from spotlight.actors.weights.policy_spec import PolicySpec
 from spotlight.models.dit import DiTConfig
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import Actor, ActorRef, endpoint
@@ -74,7 +74,7 @@ from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import SpotlightError
 from spotlight.runtime.serving import PEER_SHUT_DOWN
 
-__all__ = ["Coordinator", "CoordinatorStats", "NodeStats", "sampler_from_dict"]
+__all__ = ["Coordinator", "CoordinatorStats", "NodeStats"]
 
 log = logging.getLogger("spotlight.actors.cluster.coordinator")
 
@@ -630,14 +630,6 @@ class Coordinator(Actor):
         while True:
             self.publish_metrics()
             await asyncio.sleep(self._period_s)  # a period, not synchronisation
-
-
-def sampler_from_dict(data: dict[str, Any]) -> SamplerConfig:
-    """Inverse of the ``sampler`` entry of ``register_node``'s answer."""
-    data = dict(data)
-    if data.get("sde_window") is not None:
-        data["sde_window"] = tuple(data["sde_window"])
-    return SamplerConfig(**data)
 
 
 def _rollout_name(node_id: str) -> str:

@@ -51,11 +51,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spotlight.actors.exploration.bandit import BanditConfig, ExplorationBandit, ExplorationBudget, GroupChoice
+from spotlight.actors.exploration.bandit import (
+    BanditConfig,
+    ExplorationBandit,
+    ExplorationBudget,
+    GroupChoice,
+)
 from spotlight.actors.exploration.explorer import ExploreResult
-from spotlight.actors.scheduling.leases import SampleRequest
 from spotlight.actors.monitor.metrics import MetricsPublisher
-from spotlight.actors.scheduling.scheduler import GroupResult
+from spotlight.actors.scheduling.work import GroupResult, SampleRequest
 from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import SpotlightError

@@ -58,12 +58,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor
 
-from spotlight.actors.monitor.metrics import MetricsPublisher
-from spotlight.actors.weights.policy_spec import PolicySpec
 from spotlight.actors.exploration.backends import RewardFn, SamplingFailed
+from spotlight.actors.monitor.metrics import MetricsPublisher
 from spotlight.actors.sp.group import SPGroupConfig, SPGroupScheduler
 from spotlight.actors.sp.local import LocalSPCluster, Worker
 from spotlight.actors.sp.work import LocalWorkSource, SPRequest, check_group_config
+from spotlight.actors.weights.policy_spec import PolicySpec
 from spotlight.actors.weights.share import SharedWeights, publish_to_shm
 from spotlight.models.dit import DiTConfig, DiTPolicy
 from spotlight.models.flow_grpo import decode
@@ -72,7 +72,7 @@ from spotlight.runtime import ActorRef, Runtime
 from spotlight.runtime.errors import SpotlightError
 
 if TYPE_CHECKING:
-    from spotlight.actors.exploration.explorer import ExploreSettings
+    from spotlight.actors.exploration.backends import ExploreSettings
 
 __all__ = ["GROUP_ACTOR", "NodeSPConfig", "SPBackend"]
 

@@ -82,7 +82,8 @@ from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import SpotlightError
 
 if TYPE_CHECKING:
-    from spotlight.runtime import ActorRef, Runtime
+    from spotlight.runtime import ActorRef
+    from spotlight.runtime.actor import ActorHost
 
 __all__ = [
     "KNOWN_TOPICS",
@@ -206,7 +207,7 @@ class MetricRecord:
 _ACTOR_KEYS = ("name", "class", "generation", "state", "mailbox", "restarts", "handler_errors")
 
 
-def runtime_fields(runtime: Runtime) -> dict[str, Any]:
+def runtime_fields(runtime: ActorHost) -> dict[str, Any]:
     """The part of ``Runtime.statistics()`` worth a metric (topic ``runtime``): its actors
     and a few gauges, without the per-connection detail."""
     stats = runtime.statistics()
@@ -285,7 +286,7 @@ class MetricsPublisher:
         monitor: ActorRef | None,
         *,
         source: str,
-        runtime: Runtime | None = None,
+        runtime: ActorHost | None = None,
         config: PublisherConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

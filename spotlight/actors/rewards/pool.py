@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spotlight.nodes.reward_worker import REGISTRY_NAME, TOKEN_ENV
 from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
+from spotlight.runtime.config import TOKEN_ENV
 from spotlight.runtime.errors import SpotlightError
 
 __all__ = ["RewardPool", "RewardPoolConfig", "RewardRegistry", "RewardRoster"]
@@ -102,6 +102,10 @@ class RewardRoster:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
+
+
+REGISTRY_NAME = "rewards"
+"""The registry actor's name on the trainer's runtime (reward workers register there)."""
 
 
 class RewardRegistry(Actor):

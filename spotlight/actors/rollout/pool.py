@@ -46,9 +46,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spotlight.actors.scheduling.leases import SampleRequest
 from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker
 from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
 from spotlight.runtime.errors import SpotlightError
 
 if TYPE_CHECKING:

@@ -48,8 +48,8 @@ from typing import Any
 
 import torch
 
-from spotlight.actors.scheduling.leases import Lease, Snapshot
 from spotlight.actors.scheduling.scheduler import SchedulingConfig
+from spotlight.actors.scheduling.work import DrainReport, Lease, Snapshot
 from spotlight.actors.weights.share import WeightManifest
 from spotlight.actors.weights.slot import WeightReceiver
 from spotlight.models.dit import DiTPolicy, TextEmbedding
@@ -65,7 +65,7 @@ from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
 
-__all__ = ["DrainReport", "Occupancy", "RolloutSettings", "RolloutWorker", "WorkerStats"]
+__all__ = ["Occupancy", "RolloutSettings", "RolloutWorker", "WorkerStats"]
 
 log = logging.getLogger("spotlight.actors.rollout.worker")
 
@@ -121,24 +121,6 @@ class RolloutSettings:
         return SamplerConfig(
             num_steps=num_steps, noise_level=self.noise_level, sde_window=window, shift=self.shift
         )
-
-
-@register_wire_type(name="spotlight.DrainReport")
-@dataclass(frozen=True, kw_only=True)
-class DrainReport:
-    """What a worker did when drained before a deadline."""
-
-    worker_id: str
-    released: int
-    """Leases handed back (-1: the release ask failed; lease expiry takes over)."""
-    snapshots: dict[str, int]
-    """Request id -> step of the snapshot committed with the release."""
-    finished_inflight: bool
-    """The step running at the notice was finished (it fitted before the deadline)."""
-    abandoned_steps: int
-    """Sample-steps that were running and were given up (recomputed elsewhere): 0, or the
-    requests of the step that was running (1 unless ``batch_held``)."""
-    seconds: float
 
 
 @register_wire_type(name="spotlight.WorkerStats")

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from spotlight.actors.scheduling.leases import SampleRequest, Snapshot
+from spotlight.actors.scheduling.work import SampleRequest, Snapshot
 
 __all__ = [
     "FSYNC_POLICIES",

@@ -48,95 +48,16 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
+from spotlight.actors.scheduling import journal as j
+from spotlight.actors.scheduling.journal import Journal, JournalConfig, JournalRecord
+from spotlight.actors.scheduling.work import Lease, SampleRequest, Snapshot
 from spotlight.runtime.codec import register_wire_type
 
-if TYPE_CHECKING:
-    from spotlight.actors.scheduling.journal import Journal, JournalConfig, JournalRecord
+__all__ = ["LeaseStats", "LeaseTable"]
 
-__all__ = ["Lease", "LeaseStats", "LeaseTable", "SampleRequest", "Snapshot"]
-
-KINDS: tuple[str, ...] = ("explore", "rollout")
 _EPOCH_SHIFT = 32  # tokens are (epoch << 32) + n; see the module docstring
-
-
-@register_wire_type(name="spotlight.SampleRequest")
-@dataclass(frozen=True, kw_only=True)
-class SampleRequest:
-    """One trajectory to sample; immutable, identified by ``request_id``."""
-
-    request_id: str
-    """Unique over the table's whole life (also after delivery)."""
-    prompt: str
-    seed: int
-    """Initial noise seed; with the step index it fixes all noise of the trajectory."""
-    num_steps: int
-    """Denoising steps of the full trajectory (>= 1)."""
-    priority: int = 0
-    """Higher is served first."""
-    deadline: float | None = None
-    """Clock time by which the submitter wants it; orders work among equal priorities."""
-    kind: Literal["explore", "rollout"]
-    group_id: str
-    """Submission group: results are delivered per group, once all of it is done."""
-    weight_version: int | None = None
-    """The policy version that must sample it (a trainer rollout is on-policy: θ_k exactly);
-    None = whatever the worker holds (exploration tolerates stale weights)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.request_id, str) or not self.request_id:
-            raise ValueError(f"request_id must be a non-empty str, got {self.request_id!r}")
-        if not isinstance(self.group_id, str) or not self.group_id:
-            raise ValueError(f"group_id must be a non-empty str, got {self.group_id!r}")
-        if not isinstance(self.prompt, str):
-            raise ValueError(f"prompt must be a str, got {type(self.prompt).__name__}")
-        for name in ("seed", "num_steps", "priority"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an int, got {value!r}")
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.weight_version is not None and (
-            not isinstance(self.weight_version, int)
-            or isinstance(self.weight_version, bool)
-            or self.weight_version < 0
-        ):
-            raise ValueError(
-                f"weight_version must be an int >= 0 or None, got {self.weight_version!r}"
-            )
-        if self.deadline is not None and not math.isfinite(self.deadline):
-            raise ValueError(f"deadline must be a finite clock time or None, got {self.deadline}")
-
-
-@register_wire_type(name="spotlight.Snapshot")
-@dataclass(frozen=True, kw_only=True)
-class Snapshot:
-    """Committed progress of a trajectory at a step boundary.
-
-    ``step`` is the number of denoising steps already done (1..num_steps): resuming runs
-    steps ``step .. num_steps-1``. ``payload`` is opaque to the table (latent, log-probs
-    and trajectory so far, noise-stream position); tensors are fine.
-    """
-
-    step: int
-    payload: Any
-
-
-@register_wire_type(name="spotlight.Lease")
-@dataclass(frozen=True)
-class Lease:
-    """Permission for ``worker_id`` to run ``request`` until ``expires_at`` (renewable)."""
-
-    request: SampleRequest
-    worker_id: str
-    token: int
-    """Fencing token: pass it back with every commit and the result."""
-    expires_at: float
-    resume_from: Snapshot | None
-    """Latest committed snapshot, or None to start from step 0."""
 
 
 @register_wire_type(name="spotlight.LeaseStats")
@@ -557,7 +478,6 @@ class LeaseTable:
 
     def live_records(self) -> Iterator[JournalRecord]:
         """The shortest record sequence that rebuilds this state (journal compaction)."""
-        from spotlight.actors.scheduling import journal as j
 
         yield j.EpochStarted(epoch=self._epoch)
         if self._finished_ids or self._finished_groups:
@@ -628,7 +548,6 @@ class LeaseTable:
     # calls and replay share them, so a replayed table cannot drift from a live one.
 
     def _apply(self, record: JournalRecord) -> None:
-        from spotlight.actors.scheduling import journal as j
 
         match record:
             case j.EpochStarted(epoch=epoch):

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spotlight.actors.rollout.worker import DrainReport
+from spotlight.actors.scheduling.work import DrainReport
 from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import SpotlightError

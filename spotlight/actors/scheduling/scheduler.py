@@ -56,13 +56,13 @@ from pathlib import Path
 from typing import Any
 
 from spotlight.actors.scheduling.journal import JournalConfig
-from spotlight.actors.scheduling.leases import Lease, LeaseStats, LeaseTable, SampleRequest, Snapshot
+from spotlight.actors.scheduling.leases import LeaseStats, LeaseTable
+from spotlight.actors.scheduling.work import GroupResult, Lease, SampleRequest, Snapshot
 from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import SpotlightError
 
 __all__ = [
-    "GroupResult",
     "SchedulerActor",
     "SchedulerStats",
     "SchedulingConfig",
@@ -119,16 +119,6 @@ class SchedulingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@register_wire_type(name="spotlight.GroupResult")
-@dataclass(frozen=True, kw_only=True)
-class GroupResult:
-    """A completed submission group: its requests and results, in submission order."""
-
-    group_id: str
-    requests: list[SampleRequest]
-    results: list[Any]
 
 
 @register_wire_type(name="spotlight.SchedulerStats")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from spotlight.nodes.sp_member import MEMBER_NAME
+from spotlight.actors.sp.member import MEMBER_NAME
 from spotlight.actors.weights.share import remove_published_by
 
 __all__ = ["LocalSPCluster", "Worker"]

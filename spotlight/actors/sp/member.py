@@ -104,7 +104,7 @@ class SPMemberConfig:
 def _lora_policy(config: SPMemberConfig) -> DiTPolicy:
     """The base from disk with the run's adapters (what every LoRA receiver builds)."""
     from spotlight.actors.weights.policy_spec import PolicySpec, model_config
-    from spotlight.models.lora import LoraSettings
+    from spotlight.models.lora_settings import LoraSettings
 
     if config.lora is None or config.checkpoint is None:
         raise ValueError("an SP member with LoRA needs the base checkpoint (--checkpoint)")
@@ -126,6 +126,10 @@ def sampler_config_from(data: dict[str, Any]) -> SamplerConfig:
     )
 
 
+MEMBER_NAME = "sp_member"
+"""The member actor's name in each member process (nodes/sp_member.py)."""
+
+
 class SPMember(Actor):
     """Holds the model and this process's membership of the current SP epoch."""
 
@@ -135,7 +139,7 @@ class SPMember(Actor):
         if config.lora is not None:
             self.policy = _lora_policy(config)
         elif config.checkpoint is not None:
-            from spotlight.models.checkpoint import load_checkpoint
+            from spotlight.models.bases import load_checkpoint
 
             self.policy, _card = load_checkpoint(config.checkpoint, config=config.model)
         else:

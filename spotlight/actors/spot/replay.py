@@ -220,13 +220,18 @@ class ProcessNodeLauncher:
         env: Mapping[str, str] | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
+        on_reaped: Callable[[int], object] | None = None,
     ) -> None:
+        """``on_reaped(pid)`` runs after a node process is killed and reaped: what a killed
+        node cannot clean up itself (the on-demand node passes the removal of the weight
+        snapshots it published to /dev/shm for its SP members, weights/share.py)."""
         if not command.strip():
             raise ValueError("node command is empty; give e.g. --command 'python node.py {node}'")
         self._template = command
         self._env = dict(os.environ if env is None else env)
         self._stdout = stdout
         self._stderr = stderr
+        self._on_reaped = on_reaped
         self.procs: dict[str, NodeProcess] = {}
         self.history: list[NodeProcess] = []
 

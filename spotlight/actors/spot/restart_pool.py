@@ -34,7 +34,7 @@ baseline pays for the same spot GPU-hours and loses the restarts' time and work.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from spotlight.actors.spot.replay import NodeProcess, ProcessNodeLauncher
@@ -69,8 +69,9 @@ class RestartPoolLauncher(ProcessNodeLauncher):
         env: Mapping[str, str] | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
+        on_reaped: Callable[[int], object] | None = None,
     ) -> None:
-        super().__init__(command, env=env, stdout=stdout, stderr=stderr)
+        super().__init__(command, env=env, stdout=stdout, stderr=stderr, on_reaped=on_reaped)
         self._stats = RestartStats()
         self._incarnation: dict[str, int] = {}
 

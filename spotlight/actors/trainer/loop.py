@@ -53,12 +53,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
 
-from spotlight.models.data_parallel import (
-    DPContext,
-    broadcast_object,
-    dp_iteration,
-    init_data_parallel,
-)
+from spotlight.actors.exploration.planner import SeedPlan, flatten, random_plan, seeds_for_iteration
+from spotlight.actors.rollout.pool import spot_share
 from spotlight.actors.trainer.plan_log import (
     PlanLog,
     RecordLog,
@@ -67,8 +63,12 @@ from spotlight.actors.trainer.plan_log import (
     plan_seed,
     plan_to_json,
 )
-from spotlight.actors.exploration.planner import SeedPlan, flatten, random_plan, seeds_for_iteration
-from spotlight.actors.rollout.pool import spot_share
+from spotlight.models.data_parallel import (
+    DPContext,
+    broadcast_object,
+    dp_iteration,
+    init_data_parallel,
+)
 from spotlight.runtime.errors import SpotlightError
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
     from spotlight.actors.rollout.pool import RolloutPool
     from spotlight.actors.weights.publish import WeightPublisher
     from spotlight.models.flow_grpo import FlowGrpoConfig, IterationStats
-    from spotlight.models.lora import LoraSettings
+    from spotlight.models.lora_settings import LoraSettings
     from spotlight.runtime import ActorRef
 
 __all__ = ["TrainerLoop", "TrainerLoopConfig", "TrainerSummary", "init_context"]
@@ -251,9 +251,8 @@ class TrainerLoop:
         import torch
 
         from spotlight.models import scenes
-        from spotlight.models.bases import is_pipeline, latent_side, load_base
+        from spotlight.models.bases import is_pipeline, latent_side, load_base, load_checkpoint
         from spotlight.models.batches import file_prompt_set, scene_prompt_set
-        from spotlight.models.checkpoint import load_checkpoint
         from spotlight.models.lora import AdapterFreeReference, attach_lora
 
         cfg = self.config

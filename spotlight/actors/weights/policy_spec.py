@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
-from spotlight.models.lora import LoraSettings, attach_lora
+from spotlight.models.lora import attach_lora
+from spotlight.models.lora_settings import LoraSettings
 
 __all__ = ["PolicySpec", "model_config"]
 
