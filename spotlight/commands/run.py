@@ -9,7 +9,7 @@ On a cluster (scripts/launch_ondemand.sh: torchrun): rank 0 is all of the above 
 on ``--listen``; ranks > 0 are data-parallel trainer followers (no runtime, no output). With
 ``spot.pool: external`` (``--spot-pool external``) no node is started here: spot nodes
 launched elsewhere (scripts/launch_spot.sh) register with the coordinator, and the report
-bills and counts them from the coordinator's record (run_cluster.py). ``--ready-file`` and
+bills and counts them from the coordinator's record (nodes/serving.py). ``--ready-file`` and
 ``--stop-file`` are how scripts find the address and end the run.
 
 Report (RUN_DIR/report.json, and printed): iterations, validation scores, exploration
@@ -17,7 +17,7 @@ Report (RUN_DIR/report.json, and printed): iterations, validation scores, explor
 run's on-demand + spot GPU-hours and dollars against the same GPU-hours all on-demand.
 On-demand GPUs: ``spot.ondemand_gpus``, by default the trainer's world size (one GPU per
 data-parallel rank), resolved here once the DP context is known
-(:func:`resolve_ondemand_gpus`); the coordinator's "od0" node and the report use it.
+(:func:`spotlight.nodes.ondemand.resolve_ondemand_gpus`); the coordinator's "od0" node and the report use it.
 GPU-hours are counted on the pool's clock: wall seconds x ``spot.time_scale`` (a trace
 played at 6x bills 6 s per wall second); with the spot pool off the clock is wall time.
 """
@@ -294,7 +294,7 @@ def _report(outcome: Outcome, run_dir: Path, rewards_workers: int) -> dict[str, 
 def run(args: argparse.Namespace) -> int:
     """Run the system; 0 when the trainer reached its end (or stopped cleanly on request).
     Under scripts/launch_ondemand.sh the status is also recorded for the launcher's own exit
-    status (run_torchrun.py); a crash records nothing."""
+    status (nodes/torchrun.py); a crash records nothing."""
     code = _run(args)
     record_exit(code)
     return code
