@@ -301,8 +301,7 @@ class ProcessNodeLauncher:
             self._signal(proc, signal.SIGKILL)
         proc.returncode = await asyncio.to_thread(proc.popen.wait, REAP_TIMEOUT_S)
         # A killed node cannot clean up the weight snapshot it published to /dev/shm for its
-        # SP members (sp_explore.py): remove it here, by the node's PID, or each preemption of
-        # an SP node would leak one copy of the weights into RAM.
-        from spotlight.actors.weights.share import remove_published_by
-
-        remove_published_by(proc.pid)
+        # SP members (exploration/sp_backend.py): the owner's hook removes it by the node's
+        # PID, or each preemption of an SP node would leak one copy of the weights into RAM.
+        if self._on_reaped is not None:
+            self._on_reaped(proc.pid)
