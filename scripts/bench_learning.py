@@ -41,12 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spotlight.actors.trainer_loop import TRAIN_PROMPTS
+from spotlight.actors.trainer.loop import TRAIN_PROMPTS
 from spotlight.commands.train import RunSettings, train_local
 from spotlight.models import scenes
 from spotlight.models.base_eval import testbed_diagnostics, validation_prompts
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig
 from spotlight.models.grad_probe import pairwise_cosines, policy_gradient
 from spotlight.models.grpo import GrpoConfig
@@ -154,7 +154,7 @@ def sample_grid(base: Path, trained: Path, settings: RunSettings, out: Path) -> 
     import matplotlib.pyplot as plt
 
     from spotlight.models import scenes
-    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.bases import load_checkpoint
     from spotlight.models.flow_grpo import decode, generate
 
     prompts, _ = validation_set(scenes.prompt_split()[1], 2, 1)

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from spotlight.models import scenes
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig
 from spotlight.models.grad_probe import pairwise_cosines, policy_gradient
 from spotlight.models.grpo import GrpoConfig

@@ -29,8 +29,8 @@ import torch
 
 from spotlight.models import scenes
 from spotlight.models.base import ensure_base
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.flow_grpo import (
     OBJECTIVES,
     FlowGrpoConfig,

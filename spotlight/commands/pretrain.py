@@ -92,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
         autoencoder=dataclasses.replace(defaults.autoencoder, steps=args.ae_steps),
     )
     if args.vae is not None and args.out is None:
-        raise SystemExit("spotlight pretrain: --vae needs --out DIR (a reused autoencoder is "
-                         "not part of the cache key)")
+        raise SystemExit(
+            "spotlight pretrain: --vae needs --out DIR (a reused autoencoder is "
+            "not part of the cache key)"
+        )
     if args.minutes is not None and args.out is None:
         raise SystemExit(
             "spotlight pretrain: --minutes makes the step count machine-dependent, so the "

@@ -8,7 +8,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["RuntimeConfig"]
+__all__ = ["TOKEN_ENV", "RuntimeConfig"]
+
+TOKEN_ENV = "SPOTLIGHT_CLUSTER_TOKEN"
+"""Environment variable every process of a cluster reads ``cluster_token`` from."""
 
 _LOOPBACK_NAMES = {"localhost"}
 

@@ -93,7 +93,7 @@ from spotlight.runtime.zsock import LoopSocket
 
 if TYPE_CHECKING:
     from spotlight.runtime.actor import ActorRef
-    from spotlight.runtime.runtime import Runtime
+    from spotlight.runtime.host import Host
 
 __all__ = ["NOT_NOW", "Transport"]
 
@@ -133,7 +133,7 @@ class _Conn:
 class Transport(ServingSide):
     """Sockets, connections, heartbeats and the wire protocol of one runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Host) -> None:
         self.runtime = runtime
         self.config = cfg = runtime.config
         self.ctx: zmq.Context[Any] = zmq.Context()

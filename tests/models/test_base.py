@@ -12,7 +12,8 @@ import torch
 from spotlight.commands import pretrain as pretrain_cmd
 from spotlight.models import base, base_eval
 from spotlight.models.base import PretrainRecipe, ensure_base, lr_at, pretrain
-from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, save_checkpoint
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
 from spotlight.models.dit import build_policy, get_config
 from spotlight.models.sampler import SamplerConfig
 
