@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or Path("runs") / f"bench-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.parent.mkdir(parents=True, exist_ok=True)
     if settings.base is None:
-        from spotlight.models.base import ensure_base
+        from spotlight.models.base_build import ensure_base
 
         base_path = ensure_base(progress=True)
     else:

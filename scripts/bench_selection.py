@@ -43,7 +43,7 @@ import torch
 from scipy import stats as sstats
 
 from spotlight.models import scenes
-from spotlight.models.base import ensure_base
+from spotlight.models.base_build import ensure_base
 from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
 from spotlight.models.dit import DiTPolicy

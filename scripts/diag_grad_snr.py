@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 2:
         parser.error("--repeats must be >= 2 (cosines need pairs)")
     if args.base is None:
-        from spotlight.models.base import ensure_base
+        from spotlight.models.base_build import ensure_base
 
         args.base = str(ensure_base(progress=True))
     train, _ = scenes.prompt_split()

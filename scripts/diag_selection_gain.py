@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from spotlight.models import scenes
-from spotlight.models.base import ensure_base
+from spotlight.models.base_build import ensure_base
 from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
 from spotlight.models.flow_grpo import (

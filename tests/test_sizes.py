@@ -29,7 +29,6 @@ ALLOWED_FILES: dict[str, str] = {
     "spotlight/commands/demo.py": LATER,
 }
 ALLOWED_FUNCTIONS: dict[str, str] = {
-    "spotlight/models/base.py:pretrain": TESTBED,
     "spotlight/models/flow_grpo.py:train_on_rollout": TESTBED,
     "spotlight/models/ulysses.py:_sharded": "one autograd-symmetric all-to-all; reads best whole",
     "spotlight/actors/cluster/coordinator.py:register_node": LATER + " (a typed NodeOffer)",

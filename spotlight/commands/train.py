@@ -156,7 +156,7 @@ def train_local(
         raise ValueError(f"--resume {run_dir}: no checkpoint/state.json there to resume from")
     base = settings.base
     if base is None:
-        from spotlight.models.base import ensure_base
+        from spotlight.models.base_build import ensure_base
 
         base = str(ensure_base(progress=progress))
     (run_dir / "run.json").write_text(json.dumps(settings.to_json(), indent=2) + "\n")

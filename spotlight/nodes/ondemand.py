@@ -94,7 +94,7 @@ def _policy_spec(cfg: SystemConfig, progress: bool) -> PolicySpec:
     from spotlight.models.bases import base_config
 
     if cfg.trainer.base is None:
-        from spotlight.models.base import ensure_base
+        from spotlight.models.base_build import ensure_base
 
         base = str(ensure_base(progress=progress))
     else:

@@ -206,9 +206,8 @@ def test_advantage_normalisations():
     none = group_advantages(r, groups, norm="none")
     assert none.tolist() == [-0.5, 0.5, 0.0, 0.0]
     assert group[:2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-3)
-    assert glob[:2].tolist() == pytest.approx(
-        [-0.5 / r.std(unbiased=False)] * 1 + [0.5 / r.std(unbiased=False)], abs=1e-3
-    )
+    sd = float(r.std(unbiased=False))
+    assert glob[:2].tolist() == pytest.approx([-0.5 / sd, 0.5 / sd], abs=1e-3)
     with pytest.raises(ValueError, match="adv_norm 'x' unknown"):
         GrpoConfig(adv_norm="x")
 
@@ -244,4 +243,4 @@ def test_gradient_probe_leaves_weights_and_reads_a_gradient():
     ]
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
     assert grads[0].abs().sum() > 0
-    assert pairwise_cosines(grads[:2]) == pytest.approx([1.0])
+    assert pairwise_cosines(grads[:2]) == pytest.approx([1.0], abs=1e-4)  # float32 dot products

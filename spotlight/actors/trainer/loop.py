@@ -262,7 +262,7 @@ class TrainerLoop:
         if cfg.base is not None:
             base = Path(cfg.base)
         else:
-            from spotlight.models.base import ensure_base
+            from spotlight.models.base_build import ensure_base
 
             base = ensure_base(progress=False)
         self.base = base
