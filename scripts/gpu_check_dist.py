@@ -34,8 +34,8 @@ def _allreduce(group: Any, device: torch.device, cuda: bool, timed: Any) -> dict
     expected = world * (world + 1) / 2
     if not torch.all(probe == expected):
         raise RuntimeError(f"all-reduce gave {probe.tolist()}, expected {expected}")
-    numel = (64 << 20) if cuda else (1 << 20)  # 128 MiB of bf16 on GPUs
-    buf = torch.ones(numel, dtype=torch.bfloat16, device=device)
+    numel = (64 << 20) if cuda else (1 << 18)  # 128 MiB of bf16 on GPUs
+    buf = torch.ones(numel, dtype=torch.bfloat16 if cuda else torch.float32, device=device)
     secs = timed(lambda: group.allreduce([buf]).wait(), 5)
     nbytes = buf.numel() * buf.element_size()
     return {
@@ -52,10 +52,10 @@ def _ulysses_at(args: argparse.Namespace, env: Any, group: Any, res: int) -> dic
     x, sigma, text = env.inputs(policy.config)
     kwargs = policy.transformer_kwargs(x.to(env.device), sigma, text)
     transformer = policy.transformer
-    with torch.no_grad():
+    with torch.no_grad():  # single-GPU first: ulysses_forward installs its processors
         ref = transformer(**kwargs, return_dict=False)[0]
-        sp = ulysses_forward(transformer, group, **kwargs)
         single_s = env.timed(lambda: transformer(**kwargs, return_dict=False), args.reps)
+        sp = ulysses_forward(transformer, group, **kwargs)
         sp_s = env.timed(lambda: ulysses_forward(transformer, group, **kwargs), args.reps)
     rel = float((sp.float() - ref.float()).abs().max() / ref.float().abs().max())
     # bf16 attention reduced in another order over split heads: ~1e-2 relative is

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import socket
 import statistics
 import tempfile
@@ -35,11 +34,16 @@ class Env:
         self.args = args
         self.device = device or torch.device(args.device)
         self.cuda = self.device.type == "cuda"
-        self.dtype = torch.bfloat16
+        # bf16 on GPUs (the real thing); the CPU smoke run stays in float32, which every gloo
+        # collective supports and which CPUs run fast
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
         base = get_config("qwen-image")
         self.text_tokens = args.text_tokens or base.text_max_tokens
         self.base = dataclasses.replace(
-            base, num_attention_heads=args.heads, text_max_tokens=self.text_tokens
+            base,
+            num_attention_heads=args.heads,
+            text_max_tokens=self.text_tokens,
+            dtype="bfloat16" if self.cuda else "float32",
         )
 
     def config(self, blocks: int, resolution: int) -> DiTConfig:
@@ -82,12 +86,47 @@ class Env:
         return statistics.median(times)
 
     def reset_peak(self) -> None:
+        """Start a peak-memory window; :meth:`transient_gb` is what it added on top."""
         if self.cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._before = torch.cuda.memory_allocated(self.device)
+
+    def transient_gb(self) -> float:
+        """Peak allocation since :meth:`reset_peak` minus what was allocated then (weights,
+        optimizer state): the activations and workspace of what ran (0 on the CPU)."""
+        if not self.cuda:
+            return 0.0
+        return (torch.cuda.max_memory_allocated(self.device) - self._before) / GB
 
     def peak_gb(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / GB if self.cuda else None
+
+
+def _bytes(params: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def memory_projection(
+    policy: DiTPolicy, blocks: Any, transients: list[tuple[int, float]], *, train: bool
+) -> dict[str, Any]:
+    """Peak GB of the 60-block model, from this reduced one: weights per block (counted),
+    the activations' fit over the two depths (measured), and for training the float32
+    adapters' gradient and AdamW moments (12 bytes per adapter parameter, counted)."""
+    block_w = _bytes(blocks[0].parameters())
+    rest_w = _bytes(policy.parameters()) - len(blocks) * block_w
+    block_opt = 12 * sum(p.numel() for p in blocks[0].parameters() if p.requires_grad)
+    acts = scaled(transients, "gb")
+    per_block = (block_w + (block_opt if train else 0)) / GB
+    return {
+        "weights_gb_per_block": block_w / GB,
+        "weights_gb_outside_blocks": rest_w / GB,
+        "optimizer_gb_per_block": block_opt / GB if train else 0.0,
+        "activations": acts,
+        f"projected_{FULL_BLOCKS}_blocks_peak_gb": rest_w / GB
+        + FULL_BLOCKS * per_block
+        + acts[f"projected_{FULL_BLOCKS}_blocks_gb"],
+    }
 
 
 def _depths(env: Env) -> tuple[int, int]:
@@ -98,7 +137,7 @@ def _dit_at(env: Env, res: int) -> dict[str, Any]:
     policy = env.policy(env.args.blocks, res)
     blocks = policy.transformer.transformer_blocks
     x, sigma, text = env.inputs(policy.config)
-    secs, peaks = [], []
+    secs, transients, peaks = [], [], []
     for depth in _depths(env):
         policy.transformer.transformer_blocks = blocks[:depth]
         env.reset_peak()
@@ -108,12 +147,14 @@ def _dit_at(env: Env, res: int) -> dict[str, Any]:
         if not torch.isfinite(v).all():
             raise RuntimeError(f"non-finite velocity at {res} px, {depth} blocks")
         secs.append((depth, s))
-        peaks.append((depth, env.peak_gb() or 0.0))
+        transients.append((depth, env.transient_gb()))
+        peaks.append({"blocks": depth, "peak_gb": env.peak_gb()})
+    policy.transformer.transformer_blocks = blocks
     return {
         "image_tokens": policy.config.num_tokens,
         "text_tokens": env.text_tokens,
         "forward_s": scaled(secs, "s"),
-        "peak_memory_gb": scaled(peaks, "gb") if env.cuda else None,
+        "memory": {"measured": peaks, **memory_projection(policy, blocks, transients, train=False)},
         "velocity_dtype": str(v.dtype),
     }
 
@@ -189,19 +230,23 @@ def _lora_at(env: Env, res: int) -> dict[str, Any]:
     opt = torch.optim.AdamW(trainable, lr=1e-4)
     blocks = policy.transformer.transformer_blocks
     x, sigma, text = env.inputs(policy.config)
-    secs, peaks = [], []
+    secs, transients, peaks = [], [], []
+    step = lambda: _train_step(policy, opt, x, sigma, text)  # noqa: E731
+    policy.transformer.transformer_blocks = blocks
+    step()  # creates every block's AdamW state before any window is measured
     for depth in _depths(env):
         policy.transformer.transformer_blocks = blocks[:depth]
         env.reset_peak()
-        step = lambda: _train_step(policy, opt, x, sigma, text)  # noqa: E731
         secs.append((depth, env.timed(step, env.args.train_steps)))
-        peaks.append((depth, env.peak_gb() or 0.0))
+        transients.append((depth, env.transient_gb()))
+        peaks.append({"blocks": depth, "peak_gb": env.peak_gb()})
+    policy.transformer.transformer_blocks = blocks
     moved = sum(int(not torch.equal(a, p.detach())) for a, p in zip(before, trainable, strict=True))
     if moved == 0:
         raise RuntimeError("no adapter tensor changed after the LoRA steps")
     return {
         "train_step_s": scaled(secs, "s"),
-        "peak_memory_gb": scaled(peaks, "gb") if env.cuda else None,
+        "memory": {"measured": peaks, **memory_projection(policy, blocks, transients, train=True)},
         "adapter_params": sum(p.numel() for p in trainable),
         "adapter_tensors_moved": f"{moved}/{len(trainable)}",
         "gradient_checkpointing": True,
@@ -301,4 +346,3 @@ def run_all(args: argparse.Namespace, results: dict[str, Any]) -> None:
             results["checks"].setdefault(
                 name, {"ok": True, "skipped": f"{world} device(s); needs 2"}
             )
-    os.environ.pop("TORCH_NCCL_ASYNC_ERROR_HANDLING", None)
