@@ -38,6 +38,7 @@ from spotlight.models.memory import (  # noqa: E402  (the repo on the path first
     ModelShape,
     ParamCounts,
     assumptions_dict,
+    max_samples_per_forward,
     sampling_activation_elems,
     spot_node_gpu_bytes,
     trainer_rank_gpu_bytes,
@@ -133,6 +134,9 @@ def spot_table(counts: ParamCounts, shape: ModelShape, a: Assumptions) -> list[d
                         "bases_per_gpu": bases,
                         **{k: round(v, 3) for k, v in gb.items()},
                         "fits_80gb": gb["total_gb"] <= H100_GB,
+                        "max_samples_per_forward_80gb": max_samples_per_forward(
+                            counts, shape, res, H100_GB * 1e9, sp=sp, bases=bases, a=a
+                        ),
                     }
                 )
     return rows
@@ -165,7 +169,8 @@ def print_tables(result: dict[str, Any]) -> None:
     for r in result["spot_node"]:
         print(f"{r['resolution']:>5} {r['sp_degree']:>3} {r['bases_per_gpu']:>5} "
               f"{r['base_gb']:>7.1f} {r['adapters_gb']:>6.2f} {r['activations_gb']:>6.2f} "
-              f"{r['total_gb']:>7.1f}  {'yes' if r['fits_80gb'] else 'NO'}")  # fmt: skip
+              f"{r['total_gb']:>7.1f}  {'yes' if r['fits_80gb'] else 'NO ':<4s}"
+              f"  {r['max_samples_per_forward_80gb']:>9d}")  # fmt: skip
     print("\ntrainer rank (GB): base + adapters + grads/AdamW + activations + overhead")
     for r in result["trainer_rank"]:
         print(f"{r['resolution']:>5} ckpt={'on ' if r['gradient_checkpointing'] else 'off'} "

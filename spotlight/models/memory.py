@@ -31,6 +31,7 @@ the tensors autograd saves in one block, see :class:`Assumptions`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "ModelShape",
     "ParamCounts",
     "image_tokens",
+    "max_samples_per_forward",
     "sampling_activation_elems",
     "spot_node_gpu_bytes",
     "trainer_activation_elems",
@@ -186,6 +188,29 @@ def spot_node_gpu_bytes(
         "overhead_gb": a.overhead_bytes / GB,
         "total_gb": total / GB,
     }
+
+
+def max_samples_per_forward(
+    counts: ParamCounts,
+    shape: ModelShape,
+    resolution: int,
+    gpu_bytes: float,
+    *,
+    sp: int = 1,
+    bases: int = 1,
+    adapter_sets: int = 2,
+    a: Assumptions | None = None,
+) -> int:
+    """The largest sampling batch B whose forward fits in ``gpu_bytes`` next to the weights
+    (activations grow linearly in B); 0 when the weights alone do not fit."""
+    a = a or Assumptions()
+    one = dataclasses.replace(a, samples_per_forward=1)
+    fixed = spot_node_gpu_bytes(
+        counts, shape, resolution, sp=sp, bases=bases, adapter_sets=adapter_sets, a=one
+    )
+    per_sample = fixed["activations_gb"] * GB
+    room = gpu_bytes - (fixed["total_gb"] * GB - per_sample)
+    return max(0, int(room // per_sample))
 
 
 def trainer_rank_gpu_bytes(

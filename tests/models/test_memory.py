@@ -10,6 +10,7 @@ from spotlight.models.memory import (
     ModelShape,
     ParamCounts,
     image_tokens,
+    max_samples_per_forward,
     sampling_activation_elems,
     spot_node_gpu_bytes,
     trainer_activation_elems,
@@ -68,3 +69,11 @@ def test_spot_node_and_trainer_rank_bytes_by_hand() -> None:
 def test_shape_is_validated() -> None:
     with pytest.raises(ValueError, match=r"ModelShape\.width must be an int >= 1"):
         ModelShape(num_layers=2, width=0, text_tokens=4)
+
+
+def test_max_batch_by_hand() -> None:
+    counts = ParamCounts(base=1000, adapters=10)
+    # one base 2000 B + adapters 80 B = 2080 B fixed; 4160 B of activations per sample
+    assert max_samples_per_forward(counts, SHAPE, 8, 2080 + 3 * 4160, a=NO_OVERHEAD) == 3
+    assert max_samples_per_forward(counts, SHAPE, 8, 2080 + 3 * 4160 - 1, a=NO_OVERHEAD) == 2
+    assert max_samples_per_forward(counts, SHAPE, 8, 1000, a=NO_OVERHEAD) == 0  # weights too big
