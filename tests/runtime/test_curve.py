@@ -102,7 +102,10 @@ def test_peer_without_the_key_gets_no_frame_to_an_actor() -> None:
 
 
 def test_wrong_key_is_refused_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    server_refusals = 0
+
     async def main() -> None:
+        nonlocal server_refusals
         other = generate_key()  # another cluster's key
         with caplog.at_level(logging.WARNING, logger="spotlight.runtime"):
             async with (
@@ -133,13 +136,23 @@ def test_wrong_key_is_refused_and_logged_once(caplog: pytest.LogCaptureFixture) 
                     s.send_multipart(encode({"k": "ping"}))
                     socks.append(s)
                 await refusals(server, 2, "zap_refused")
+                server_refusals = security_of(server).stats["handshakes_refused"]
+                assert await server.ref(server.address, "adder").add.ask(1) == 1  # still serving
                 for s in socks:
                     s.close(0)
                 ctx.term()
                 assert server.transport.stats["messages_in"] == 0
-        refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-        assert len([m for m in refused if "not this cluster's key" in m]) == 2, refused
-        assert len([m for m in refused if "refused a connection" in m]) == 1, refused
+        refused = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "spotlight.runtime" and "refused" in r.getMessage()
+        ]
+        # Once per reason (a loaded box may also see a handshake cut short: another reason),
+        # never once per attempt or frame: no line repeats, and far fewer lines than refusals.
+        assert len(refused) == len(set(refused)), refused
+        handshakes = [m for m in refused if "refused a connection" in m]
+        assert any("not this cluster's key" in m for m in handshakes), refused
+        assert len(handshakes) < server_refusals, (handshakes, server_refusals)
         assert len([m for m in refused if "refused a CURVE peer" in m]) == 1, refused
 
     arun(main())
@@ -186,7 +199,9 @@ def test_the_wire_shows_neither_token_nor_tensor_bytes(curve: bool) -> None:
     """With ``curve=False`` the same capture *does* show both: the probe is not blind."""
 
     async def main() -> None:
-        config = curve_config(curve=curve)
+        # Generous liveness: the proxy adds a hop and a loaded box stalls processes for
+        # seconds; this test is about bytes on the wire, not about loss detection.
+        config = curve_config(curve=curve, heartbeat_s=1.0, missed_heartbeats=10)
         payload = np.frombuffer(os.urandom(1 << 20), dtype=np.uint8)
         async with Runtime(config) as server, Runtime(config) as client:
             await server.spawn(Adder, name="adder")
