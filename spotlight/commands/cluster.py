@@ -1,4 +1,4 @@
-"""`spotlight cluster replay|project`: play a spot trace; project cost over one.
+"""`spotlight cluster replay|project|keys`: play a spot trace; project cost; CURVE keys.
 
 ``project`` runs the discrete-event projection (spotlight/actors/spot/projection.py) of the
 three strategies over a trace and prints it, labelled as a projection.
@@ -43,6 +43,7 @@ from spotlight.actors.spot.replay import (
     TraceReplayer,
 )
 from spotlight.actors.spot.trace import SpotTrace, TraceError, load_trace, synthesize_notices
+from spotlight.commands.cluster_keys import add_keys_parser, run_keys
 
 __all__ = ["add_arguments", "run"]
 
@@ -83,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rp.add_argument("--ondemand-price", type=float, default=None, help="override USD/GPU-hour")
     rp.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
 
+    add_keys_parser(sub)
     pp = sub.add_parser(
         "project",
         help="projection: simulate on-demand / restart / Spotlight over a trace",
@@ -115,6 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.cluster_command == "project":
         return _project(args)
+    if args.cluster_command == "keys":
+        return run_keys(args)
     if args.gpus_per_node < 1:
         print(f"error: --gpus-per-node must be >= 1, got {args.gpus_per_node}", file=sys.stderr)
         return 2
