@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from spotlight.actors.replay import (
+from spotlight.actors.spot.replay import (
     ProcessNodeLauncher,
     RecordingLauncher,
     ReplayEvent,
     TraceReplayer,
 )
-from spotlight.actors.spot_trace import parse_trace, synthesize_notices
+from spotlight.actors.spot.trace import parse_trace, synthesize_notices
 from spotlight.commands import cluster
 from tests.procs import process_gone, wait_for
 
