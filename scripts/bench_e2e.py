@@ -11,7 +11,7 @@ cached tiny base; never rebuilt here):
                Flow-GRPO on the on-demand node only, sampling in the trainer (what users
                run today).
 ``restart``    spot explorers and rollout workers with TorchElastic-style checkpoint/restart
-               (``spot.fault_mode=restart``, spotlight/actors/restart_pool.py): a notice or
+               (``spot.fault_mode=restart``, spotlight/actors/spot/restart_pool.py): a notice or
                loss of any spot node kills every running spot node and starts it again;
                each reloads the weights and its in-flight exploration and rollouts (never
                committed) are lost and re-done.
@@ -46,7 +46,7 @@ What is measured (per run; definitions also written into the JSON under ``defini
   work of killed nodes, an upper bound); restarts: the restart pool's counters.
 * Noise: the std of the raw validations around a centred moving average, pooled over runs,
   next to the target gain (a crossing means something when the gain is several noises).
-* Projection (labelled so): spotlight/actors/projection.py over the same trace in real time,
+* Projection (labelled so): spotlight/actors/spot/projection.py over the same trace in real time,
   from per-step costs measured in the ``ondemand`` run and the iterations to target
   measured here; every assumption is listed in the JSON and printed.
 
@@ -125,7 +125,7 @@ def run_args(mode: str, settings: dict[str, Any], run_dir: Path, base: str) -> l
     """`spotlight run` arguments of one mode (the same settings for all three)."""
     s = settings
     node_cmd = (
-        "{python} -m spotlight.actors.spot_node --coordinator {address} --node-id {node} "
+        "{python} -m spotlight.nodes.spot --coordinator {address} --node-id {node} "
         "--notice-grace {grace} --gpus {gpus}"
     )
     if s["spot_nice"]:
@@ -159,7 +159,7 @@ def run_args(mode: str, settings: dict[str, Any], run_dir: Path, base: str) -> l
 def child_main(mode: str, argv: list[str]) -> int:
     """One run in this process; for ``restart`` the spot pool is the restart launcher.
 
-    `spotlight run` builds its pool from ``spotlight.actors.replay.ProcessNodeLauncher``;
+    `spotlight run` builds its pool from ``spotlight.actors.spot.replay.ProcessNodeLauncher``;
     replacing that name here (and ``RestartPoolLauncher``, should run.py pick it itself
     from ``spot.fault_mode``) with a recording subclass makes the pool restart-based and
     lets us save its counters next to the run's report.
@@ -174,8 +174,8 @@ def child_main(mode: str, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     pools: list[Any] = []
     if mode == "restart":
-        import spotlight.actors.replay as replay_mod
-        import spotlight.actors.restart_pool as restart_mod
+        import spotlight.actors.spot.replay as replay_mod
+        import spotlight.actors.spot.restart_pool as restart_mod
 
         class _Recorded(restart_mod.RestartPoolLauncher):
             def __init__(self, *a: Any, **kw: Any) -> None:
@@ -297,9 +297,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 
 def cost_at(run: dict[str, Any], t_wall: float, settings: dict[str, Any]) -> dict[str, float]:
     """The run report's cost model at wall second ``t_wall`` on the shared clock."""
-    from spotlight.actors.prices import CostMeter
-    from spotlight.actors.spot_trace import load_trace, synthesize_notices
-    from spotlight.system_config import SystemConfig
+    from spotlight.actors.spot.prices import CostMeter
+    from spotlight.actors.spot.trace import load_trace, synthesize_notices
+    from spotlight.config import SystemConfig
 
     cfg = SystemConfig.from_dict(run["config"])
     sim_s = t_wall * settings["time_scale"]
@@ -425,7 +425,7 @@ def projection_config(
     seconds with unscaled tiny-model costs instead squeezes the whole run into its first
     minute, before any spot node has loaded weights: every spot strategy then looks the same.
     """
-    from spotlight.actors.projection import ProjectionConfig
+    from spotlight.actors.spot.projection import ProjectionConfig
 
     if not (math.isfinite(time_scale) and time_scale > 0):
         raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
@@ -448,9 +448,9 @@ def projection(
     runs: dict[str, dict[str, Any]], per_mode: dict[str, dict[str, Any]], settings: dict[str, Any]
 ) -> dict[str, Any]:
     """The discrete-event projection from measured per-step costs (labelled as such)."""
-    from spotlight.actors.projection import IterationsNeeded, project
-    from spotlight.actors.spot_trace import load_trace, synthesize_notices
-    from spotlight.system_config import SystemConfig
+    from spotlight.actors.spot.projection import IterationsNeeded, project
+    from spotlight.actors.spot.trace import load_trace, synthesize_notices
+    from spotlight.config import SystemConfig
 
     needed = {m: per_mode[m]["iters_to_target"] for m in MODES}
     if any(v is None for v in needed.values()):
@@ -517,7 +517,7 @@ def projection(
         "GPU(s), one SP group per node (degree = GPUs per node); ideal SP scaling",
         "rollouts run on on-demand + spot for restart and spotlight (projection.py's model); "
         "spotlight explores on spot during training; restart as in the runs "
-        "(spotlight/actors/restart_pool.py): one elastic job over the pool, a notice or a "
+        "(spotlight/actors/spot/restart_pool.py): one elastic job over the pool, a notice or a "
         "silent loss restarts every spot node (each reloads the weights), the noticed node "
         "goes down at its notice",
         "billing: on-demand for the whole time, each spot node for its life (busy or idle), "

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from spotlight.actors.sp_group import LocalWorkSource, SPGroupConfig, SPGroupScheduler, SPRequest
-from spotlight.actors.sp_local import LocalSPCluster, Worker
-from spotlight.actors.weight_share import publish_to_shm
+from spotlight.actors.sp.group import LocalWorkSource, SPGroupConfig, SPGroupScheduler, SPRequest
+from spotlight.actors.sp.local import LocalSPCluster, Worker
+from spotlight.actors.weights.share import publish_to_shm
 from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
@@ -197,7 +197,7 @@ async def restart_once(
 
 COPY_CHILD = r"""
 import json, sys, time, torch
-from spotlight.actors.weight_share import WeightManifest, load_from_shm
+from spotlight.actors.weights.share import WeightManifest, load_from_shm
 man = WeightManifest.from_dict(json.loads(sys.stdin.read()))
 dst = {e.key: torch.ones(e.shape, dtype=getattr(torch, e.dtype.split(".")[1])) for e in man.entries}
 best = []

@@ -47,12 +47,18 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from spotlight.actors.bandit import BanditConfig, ExplorationBandit
-from spotlight.actors.explorer import ExplorerActor, ExploreSettings, explore_rewards
-from spotlight.actors.planner import PlannerActor, PlannerConfig, flatten, seeds_for_iteration
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.exploration.backends import ExploreSettings, explore_rewards
+from spotlight.actors.exploration.bandit import BanditConfig, ExplorationBandit
+from spotlight.actors.exploration.explorer import ExplorerActor
+from spotlight.actors.exploration.planner import (
+    PlannerActor,
+    PlannerConfig,
+    flatten,
+    seeds_for_iteration,
+)
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.dit import DiTPolicy
 from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration
 from spotlight.models.grpo import GrpoConfig

@@ -41,12 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spotlight.actors.trainer_loop import TRAIN_PROMPTS
+from spotlight.actors.trainer.loop import TRAIN_PROMPTS
 from spotlight.commands.train import RunSettings, train_local
 from spotlight.models import scenes
 from spotlight.models.base_eval import testbed_diagnostics, validation_prompts
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig
 from spotlight.models.grad_probe import pairwise_cosines, policy_gradient
 from spotlight.models.grpo import GrpoConfig
@@ -55,7 +55,7 @@ from spotlight.models.sampler import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 REWARD = "checks"
-LR = 1e-4
+LR = 5e-5
 CLIP_RANGE = 1e-2
 
 
@@ -154,7 +154,7 @@ def sample_grid(base: Path, trained: Path, settings: RunSettings, out: Path) -> 
     import matplotlib.pyplot as plt
 
     from spotlight.models import scenes
-    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.bases import load_checkpoint
     from spotlight.models.flow_grpo import decode, generate
 
     prompts, _ = validation_set(scenes.prompt_split()[1], 2, 1)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or Path("runs") / f"bench-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.parent.mkdir(parents=True, exist_ok=True)
     if settings.base is None:
-        from spotlight.models.base import ensure_base
+        from spotlight.models.base_build import ensure_base
 
         base_path = ensure_base(progress=True)
     else:

@@ -48,7 +48,8 @@ def _summary(xs: list[float]) -> dict[str, float]:
 
 def _tiny(lora: bool) -> tuple[Any, Any]:
     from spotlight.models.dit import build_policy
-    from spotlight.models.lora import LoraSettings, attach_lora
+    from spotlight.models.lora import attach_lora
+    from spotlight.models.lora_settings import LoraSettings
 
     policy = build_policy("tiny", seed=0)
     if lora:
@@ -59,12 +60,12 @@ def _tiny(lora: bool) -> tuple[Any, Any]:
 
 
 def _tiny_bench(reps: int) -> dict[str, Any]:
-    from spotlight.actors.weight_share import flat_bytes
+    from spotlight.actors.weights.share import flat_bytes
+    from spotlight.config.sections import TrainerSection
     from spotlight.models.flow_grpo import flow_grpo_iteration
     from spotlight.models.lora import tunable_state
     from spotlight.models.rewards import build_reward
     from spotlight.models.scenes import prompt_split
-    from spotlight.system_config import TrainerSection
 
     algo = TrainerSection().algo()
     reward = build_reward("geneval")
@@ -110,7 +111,8 @@ def _tiny_bench(reps: int) -> dict[str, Any]:
 def _qwen_image_counts() -> dict[str, Any]:
     """Counts for the real transformer, built on the meta device (no memory, no weights)."""
     from spotlight.models.dit import DiTPolicy, build_transformer, get_config
-    from spotlight.models.lora import LoraSettings, attach_lora
+    from spotlight.models.lora import attach_lora
+    from spotlight.models.lora_settings import LoraSettings
 
     config = get_config("qwen-image")
     with torch.device("meta"):

@@ -46,11 +46,11 @@ import uvloop
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spotlight.actors.leases import SampleRequest  # noqa: E402
-from spotlight.actors.preemption import PreemptionHandler  # noqa: E402
-from spotlight.actors.rollout import RolloutSettings, RolloutWorker  # noqa: E402
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig  # noqa: E402
-from spotlight.actors.spot_trace import parse_trace  # noqa: E402
+from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker  # noqa: E402
+from spotlight.actors.scheduling.preemption import PreemptionHandler  # noqa: E402
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig  # noqa: E402
+from spotlight.actors.scheduling.work import SampleRequest  # noqa: E402
+from spotlight.actors.spot.trace import parse_trace  # noqa: E402
 from spotlight.models.dit import DiTPolicy, build_policy  # noqa: E402
 from spotlight.models.sampler import SamplerConfig, sample  # noqa: E402
 from spotlight.runtime import ActorRef, Runtime, RuntimeConfig  # noqa: E402

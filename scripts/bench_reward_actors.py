@@ -50,8 +50,8 @@ def _rss_mib(pid: int) -> float | None:
 
 
 async def _bench(reps: int, batch: int, chunk: int) -> dict[str, object]:
-    from spotlight.actors.reward_client import RemoteReward
-    from spotlight.actors.reward_pool import RewardPool, RewardPoolConfig
+    from spotlight.actors.rewards.client import RemoteReward
+    from spotlight.actors.rewards.pool import RewardPool, RewardPoolConfig
     from spotlight.models.rewards import build_reward
     from spotlight.models.scenes import random_batch
     from spotlight.runtime import Runtime

@@ -40,14 +40,14 @@ def _summary(xs: list[float]) -> dict[str, float]:
 
 
 async def _bench(reps: int, pull_batch: int) -> dict[str, Any]:
-    from spotlight.actors.rollout import RolloutSettings, RolloutWorker
-    from spotlight.actors.rollout_pool import RolloutPool
-    from spotlight.actors.scheduler import SchedulingConfig
+    from spotlight.actors.rollout.pool import RolloutPool
+    from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker
+    from spotlight.actors.scheduling.scheduler import SchedulingConfig
+    from spotlight.config.sections import TrainerSection
     from spotlight.models.dit import build_policy
     from spotlight.models.flow_grpo import generate
     from spotlight.models.scenes import prompt_split
     from spotlight.runtime import Runtime, RuntimeConfig
-    from spotlight.system_config import TrainerSection
 
     algo = TrainerSection().algo()
     sampler = algo.sampler

@@ -20,6 +20,11 @@ Every system does the same three exchanges between two processes on loopback:
   -> messages per second;
 * ``tensor``: a 16 MiB float32 tensor sent one way, a tiny ack back -> GiB/s.
 
+Spotlight runs twice: plain (loopback's default) and with CURVE forced on
+(``RuntimeConfig(curve=True)``, a fresh cluster key passed to the server in
+``$SPOTLIGHT_CLUSTER_KEY``): what encryption and authentication cost a cluster that
+binds beyond loopback (``curve_*`` keys and the ``curve_*_vs_plain`` ratios).
+
 The raw pyzmq server/client use asyncio on uvloop with a ROUTER/DEALER pair and
 ``copy=False`` sends, i.e. what the runtime does minus everything the runtime adds
 (codec, routing, credits, heartbeats): it is the floor. Ray runs only when ``import ray``
@@ -130,13 +135,13 @@ async def _serve_raw() -> None:
     ctx.term()
 
 
-async def _serve_spotlight() -> None:
+async def _serve_spotlight(curve: bool) -> None:
     from spotlight.runtime import Runtime, RuntimeConfig
 
     bench_actor = _bench_actor_class()
     stop = asyncio.Event()
     _stop_on_stdin_eof(asyncio.get_running_loop(), stop)
-    async with Runtime(RuntimeConfig()) as rt:
+    async with Runtime(RuntimeConfig(curve=curve)) as rt:  # key: $SPOTLIGHT_CLUSTER_KEY
         await rt.spawn(bench_actor, name="bench")
         print(f"READY {rt.address}", flush=True)
         await stop.wait()
@@ -175,7 +180,7 @@ def _bench_actor_class() -> type:
 class Server:
     """A ``--serve`` child process, stopped by closing its stdin, killed by PID if stuck."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--serve", kind],
@@ -183,6 +188,7 @@ class Server:
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
         self.address = self._wait_ready()
 
@@ -420,52 +426,74 @@ def measure_ray(sizes: Sizes, tensor: Any) -> list[dict[str, float]]:
         ray.shutdown()
 
 
-async def measure_zmq_and_spotlight(
-    sizes: Sizes, tensor: Any, spotlight_error: list[str]
-) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """Interleave raw and Spotlight repeats so drift on a shared machine hits both."""
-    raw_runs: list[dict[str, float]] = []
-    spot_runs: list[dict[str, float]] = []
-    raw_server = Server("raw")
-    spot_server: Server | None = None
-    ctx = zmq.asyncio.Context()
-    sock = None
-    runtime_cm: Any = None
-    spot: Client | None = None
-    try:
-        raw, sock = await raw_client(ctx, raw_server.address)
-        try:
-            from spotlight.runtime import Runtime, RuntimeConfig
+class Systems:
+    """The raw floor and both Spotlight variants, each a server process and a client."""
 
-            spot_server = Server("spotlight")
-            runtime_cm = Runtime(RuntimeConfig())
-            rt = await runtime_cm.__aenter__()
-            spot = await spotlight_client(rt, spot_server.address)
-        except Exception as exc:  # reported in the results, the floor is still measured
-            spotlight_error.append(f"{type(exc).__name__}: {exc}")
-            print(f"spotlight runtime unavailable: {spotlight_error[0]}", file=sys.stderr)
-        for r in range(sizes.repeats):
-            raw_runs.append(await measure(raw, sizes, tensor))
-            print(f"  repeat {r + 1}/{sizes.repeats} raw zmq: {_fmt_run(raw_runs[-1])}")
-            if spot is not None and not spotlight_error:
-                try:
-                    spot_runs.append(await measure(spot, sizes, tensor))
-                except Exception as exc:
-                    spotlight_error.append(f"{type(exc).__name__}: {exc}")
-                    print(f"spotlight run failed: {spotlight_error[0]}", file=sys.stderr)
-                    continue
-                print(f"  repeat {r + 1}/{sizes.repeats} spotlight: {_fmt_run(spot_runs[-1])}")
-    finally:
-        if runtime_cm is not None:
+    def __init__(self) -> None:
+        self.servers: list[Server] = []
+        self.clients: dict[str, Client] = {}
+        self.errors: dict[str, str] = {}
+        self.ctx = zmq.asyncio.Context()
+        self.sock: Any = None
+        self.runtimes: list[Any] = []
+
+    async def start(self) -> None:
+        self.servers.append(Server("raw"))
+        self.clients["raw_zmq"], self.sock = await raw_client(self.ctx, self.servers[0].address)
+        from spotlight.runtime.keys import KEY_ENV, generate_key
+
+        key = generate_key()
+        for name, curve in (("spotlight", False), ("spotlight_curve", True)):
+            try:  # reported in the results; the floor is still measured
+                from spotlight.runtime import Runtime, RuntimeConfig
+
+                env = {KEY_ENV: key.secret.decode()} if curve else None
+                self.servers.append(Server(name.replace("_", "-"), env))
+                config = RuntimeConfig(curve=curve, curve_secret_key=key.secret.decode())
+                runtime_cm = Runtime(config)
+                rt = await runtime_cm.__aenter__()
+                self.runtimes.append(runtime_cm)
+                self.clients[name] = await spotlight_client(rt, self.servers[-1].address)
+            except Exception as exc:
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+                print(f"{name} unavailable: {self.errors[name]}", file=sys.stderr)
+
+    async def close(self) -> None:
+        for runtime_cm in self.runtimes:
             with contextlib.suppress(Exception):
                 await runtime_cm.__aexit__(None, None, None)
-        if sock is not None:
-            sock.close(linger=0)
-        ctx.term()
-        raw_server.close()
-        if spot_server is not None:
-            spot_server.close()
-    return raw_runs, spot_runs
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        self.ctx.term()
+        for server in self.servers:
+            server.close()
+
+
+async def measure_zmq_and_spotlight(
+    sizes: Sizes, tensor: Any, errors: dict[str, str]
+) -> dict[str, list[dict[str, float]]]:
+    """Interleave raw, plain and CURVE repeats so drift on a shared machine hits all alike."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    systems = Systems()
+    try:
+        await systems.start()
+        for r in range(sizes.repeats):
+            for name, client in systems.clients.items():
+                if name in systems.errors:
+                    continue
+                try:
+                    runs.setdefault(name, []).append(await measure(client, sizes, tensor))
+                except Exception as exc:
+                    if name == "raw_zmq":
+                        raise
+                    systems.errors[name] = f"{type(exc).__name__}: {exc}"
+                    print(f"{name} run failed: {systems.errors[name]}", file=sys.stderr)
+                    continue
+                print(f"  repeat {r + 1}/{sizes.repeats} {name}: {_fmt_run(runs[name][-1])}")
+    finally:
+        await systems.close()
+        errors.update(systems.errors)
+    return runs
 
 
 def _fmt_run(run: dict[str, float]) -> str:
@@ -555,16 +583,27 @@ def print_table(sys_summaries: dict[str, dict[str, dict[str, float] | None] | No
         )
         return "n/a" if value is None else f"{value:.2f}x"
 
-    header = ["metric", "spotlight", "raw zmq (floor)", "ray", "spotlight/raw", "ray/spotlight"]
+    header = [
+        "metric",
+        "spotlight",
+        "spotlight+curve",
+        "raw zmq (floor)",
+        "ray",
+        "spotlight/raw",
+        "curve/plain",
+        "ray/spotlight",
+    ]
     table = [header]
     for label, key, fmt in rows:
         table.append(
             [
                 label,
                 cell(sys_summaries.get("spotlight"), key, fmt),
+                cell(sys_summaries.get("spotlight_curve"), key, fmt),
                 cell(sys_summaries.get("raw_zmq"), key, fmt),
                 cell(sys_summaries.get("ray"), key, fmt),
                 ratio(key, "spotlight", "raw_zmq"),
+                ratio(key, "spotlight_curve", "spotlight"),
                 ratio(key, "ray", "spotlight"),
             ]
         )
@@ -583,12 +622,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="override the repeat count")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray even if installed")
-    parser.add_argument("--serve", choices=["raw", "spotlight"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve", choices=["raw", "spotlight", "spotlight-curve"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
 
     if args.serve:
         with _loop_runner() as runner:
-            runner.run(_serve_raw() if args.serve == "raw" else _serve_spotlight())
+            serve = args.serve
+            runner.run(_serve_raw() if serve == "raw" else _serve_spotlight(serve != "spotlight"))
         return 0
 
     sizes = QUICK if args.quick else FULL
@@ -604,9 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     print(f"bench_runtime: {'quick' if args.quick else 'full'} run, {sizes}")
 
-    spotlight_error: list[str] = []
+    errors: dict[str, str] = {}
     with _loop_runner() as runner:
-        raw_runs, spot_runs = runner.run(measure_zmq_and_spotlight(sizes, tensor, spotlight_error))
+        runs = runner.run(measure_zmq_and_spotlight(sizes, tensor, errors))
 
     ray_runs: list[dict[str, float]] = []
     ray_leftovers: list[str] = []
@@ -630,10 +672,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"ray left {len(ray_leftovers)} process(es); killed: {ray_leftovers}")
     print(f"ray: {ray_status}")
 
-    raw = summarize(raw_runs)
-    spot = summarize(spot_runs) if spot_runs and not spotlight_error else None
+    def ok(name: str) -> dict[str, dict[str, float] | None] | None:
+        return summarize(runs[name]) if runs.get(name) and name not in errors else None
+
+    raw = summarize(runs["raw_zmq"])
+    spot, curve = ok("spotlight"), ok("spotlight_curve")
     ray_summary = summarize(ray_runs) if ray_runs else None
-    print_table({"spotlight": spot, "raw_zmq": raw, "ray": ray_summary})
+    print_table({"spotlight": spot, "spotlight_curve": curve, "raw_zmq": raw, "ray": ray_summary})
 
     def get(summary: dict[str, dict[str, float] | None] | None, key: str) -> float | None:
         return None if summary is None else _median(summary, key)
@@ -651,6 +696,10 @@ def main(argv: list[str] | None = None) -> int:
         "ray_p99_us": get(ray_summary, "p99_us"),
         "ray_tell_msgs_per_s": get(ray_summary, "tell_msgs_per_s"),
         "ray_tensor16m_gib_s": get(ray_summary, "tensor16m_gib_s"),
+        "curve_ask_p50_us": get(curve, "p50_us"),
+        "curve_ask_p99_us": get(curve, "p99_us"),
+        "curve_tell_msgs_per_s": get(curve, "tell_msgs_per_s"),
+        "curve_tensor16m_gib_s": get(curve, "tensor16m_gib_s"),
     }
     p50_ratio = _ratio(results["ask_p50_us"], results["raw_zmq_p50_us"])
     bw_ratio = _ratio(results["tensor16m_gib_s"], results["raw_zmq_tensor16m_gib_s"])
@@ -659,15 +708,27 @@ def main(argv: list[str] | None = None) -> int:
         "ask_p50_vs_raw_zmq": p50_ratio,
         "tensor16m_vs_raw_zmq": bw_ratio,
         "ray_p50_vs_spotlight": ray_ratio,
+        "curve_ask_p50_vs_plain": _ratio(results["curve_ask_p50_us"], results["ask_p50_us"]),
+        "curve_tensor16m_vs_plain": _ratio(
+            results["curve_tensor16m_gib_s"], results["tensor16m_gib_s"]
+        ),
     }
     results["targets"] = {
         "ask_p50_at_most_1.5x_raw": None if p50_ratio is None else p50_ratio <= 1.5,
         "tensor16m_at_least_60pct_raw": None if bw_ratio is None else bw_ratio >= 0.6,
         "ask_5x_lower_than_ray": None if ray_ratio is None else ray_ratio >= 5.0,
     }
-    results["spread"] = {"spotlight": spot, "raw_zmq": raw, "ray": ray_summary}
+    results["spread"] = {
+        "spotlight": spot,
+        "spotlight_curve": curve,
+        "raw_zmq": raw,
+        "ray": ray_summary,
+    }
     results["status"] = {
-        "spotlight": "ok" if spot is not None else f"blocked: {'; '.join(spotlight_error)}",
+        "spotlight": "ok" if spot is not None else f"blocked: {errors.get('spotlight')}",
+        "spotlight_curve": "ok"
+        if curve is not None
+        else f"blocked: {errors.get('spotlight_curve')}",
         "ray": ray_status,
         "ray_leftover_processes": ray_leftovers,
     }
@@ -679,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out} ({results['duration_s']} s)")
-    return 0 if spot is not None else 1
+    return 0 if spot is not None and curve is not None else 1
 
 
 if __name__ == "__main__":

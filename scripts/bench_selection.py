@@ -43,9 +43,9 @@ import torch
 from scipy import stats as sstats
 
 from spotlight.models import scenes
-from spotlight.models.base import ensure_base
+from spotlight.models.base_build import ensure_base
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.dit import DiTPolicy
 from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration, validate
 from spotlight.models.grad_probe import cosine, policy_gradient

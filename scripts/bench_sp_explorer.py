@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 import uvloop
 
-from spotlight.actors.explorer import ExploreSettings
-from spotlight.actors.sampling_backend import ThreadBackend
-from spotlight.actors.sp_explore import NodeSPConfig, SPBackend
+from spotlight.actors.exploration.backends import ExploreSettings, ThreadBackend
+from spotlight.actors.exploration.sp_backend import NodeSPConfig, SPBackend
 from spotlight.models.dit import build_policy, get_config
 from spotlight.models.rewards import build_reward
 from spotlight.models.sampler import SamplerConfig

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from spotlight.models import scenes
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig
 from spotlight.models.grad_probe import pairwise_cosines, policy_gradient
 from spotlight.models.grpo import GrpoConfig
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 2:
         parser.error("--repeats must be >= 2 (cosines need pairs)")
     if args.base is None:
-        from spotlight.models.base import ensure_base
+        from spotlight.models.base_build import ensure_base
 
         args.base = str(ensure_base(progress=True))
     train, _ = scenes.prompt_split()

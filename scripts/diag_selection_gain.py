@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from spotlight.models import scenes
-from spotlight.models.base import ensure_base
+from spotlight.models.base_build import ensure_base
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
-from spotlight.models.checkpoint import load_checkpoint
 from spotlight.models.flow_grpo import (
     OBJECTIVES,
     FlowGrpoConfig,

@@ -73,7 +73,7 @@
 # node's launch (a scheduler does): a node's ranks only stop when rank 0 does.
 # `spotlight run --stop-file F` stops the same way once F exists.
 #
-# Exit status (torchrun runs in spotlight.commands.run_torchrun, which decides it from an
+# Exit status (torchrun runs in spotlight.nodes.torchrun, which decides it from an
 # exit record each of this node's workers writes as its `spotlight run` returns):
 #   0        the run ended, or it stopped cleanly after a signal: every worker of this
 #            node finished its stop and exited 0
@@ -132,8 +132,8 @@ if [[ -z "$python" ]]; then
 fi
 command -v "$python" >/dev/null || die "no python at '$python' (set --python or SPOTLIGHT_PYTHON)"
 
-# torchrun itself, with the exit status below (spotlight/commands/run_torchrun.py)
-launcher=("$python" -m spotlight.commands.run_torchrun --nnodes "$nnodes"
+# torchrun itself, with the exit status below (spotlight/nodes/torchrun.py)
+launcher=("$python" -m spotlight.nodes.torchrun --nnodes "$nnodes"
     --nproc-per-node "$nproc" --shutdown-timeout "$shutdown_timeout" --max-restarts 0)
 if [[ "$nnodes" -eq 1 && -z "$rdzv_endpoint" ]]; then
     launcher+=(--standalone)

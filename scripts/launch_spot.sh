@@ -30,7 +30,7 @@
 #   --python PATH         interpreter with spotlight installed [SPOTLIGHT_PYTHON, default:
 #                         the repository's .venv/bin/python if present, else python3]
 #   -h, --help            this text
-# Anything after `--` goes to `python -m spotlight.actors.spot_node` (see its --help: e.g.
+# Anything after `--` goes to `python -m spotlight.nodes.spot` (see its --help: e.g.
 # --bind-host, --advertise-host, --threads, --pull-batch, --log-level).
 #
 # Signals (the script execs the node, so they reach it directly):
@@ -119,7 +119,7 @@ command -v "$python" >/dev/null || die "no python at '$python' (set --python or 
 # exec keeps this PID: the default id names the node process, and signals reach it.
 [[ -n "$node_id" ]] || node_id="$(hostname -s 2>/dev/null || hostname)-$$"
 
-node=("$python" -m spotlight.actors.spot_node --coordinator "$coordinator" --node-id "$node_id"
+node=("$python" -m spotlight.nodes.spot --coordinator "$coordinator" --node-id "$node_id"
     --notice-grace "$grace" --gpus "$gpus" --sp-degree "$sp_degree")
 [[ -z "$node_ready_file" ]] || node+=(--ready-file "$node_ready_file")
 if [[ -n "$base" ]]; then

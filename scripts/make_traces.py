@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from spotlight.actors.spot_trace import SpotTrace  # noqa: E402
+from spotlight.actors.spot.trace import SpotTrace  # noqa: E402
 
 
 @dataclass

@@ -35,7 +35,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("spotlight.commands.train", "Flow-GRPO training (--local: one process)"),
     "cluster": Command(
         "spotlight.commands.cluster",
-        "spot-cluster tools: replay a trace against node processes; project time and cost",
+        "spot-cluster tools: replay a trace against node processes; project time and cost; "
+        "write the cluster key",
     ),
     "monitor": Command(
         "spotlight.commands.monitor",

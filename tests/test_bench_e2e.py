@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from spotlight.system_config import SystemConfig, apply_overrides
+from spotlight.config import SystemConfig, apply_overrides
 
 REPO = Path(__file__).resolve().parent.parent
-OD_PRICE, SPOT_PRICE = 12.29, 3.32  # the aws-p5 preset (spotlight/actors/prices.py)
+OD_PRICE, SPOT_PRICE = 12.29, 3.32  # the aws-p5 preset (spotlight/actors/spot/prices.py)
 
 
 def _bench() -> ModuleType:

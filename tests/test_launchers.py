@@ -1,5 +1,5 @@
 """The torchrun launchers (scripts/launch_ondemand.sh, scripts/launch_spot.sh) and the
-cluster options of `spotlight run` they rely on (spotlight/commands/run_cluster.py).
+cluster options of `spotlight run` they rely on (spotlight/nodes/serving.py).
 
 The CI test of issue 8: an on-demand launch (torchrun, gloo, one process) with an external
 spot pool on loopback, two spot launches that join it through its ready file; once both
@@ -23,14 +23,10 @@ from typing import Any
 
 import pytest
 
-from spotlight.commands.run_cluster import (
-    TOKEN_ENV,
-    external_pool_view,
-    parse_listen,
-    runtime_config,
-    write_atomic,
-)
-from spotlight.commands.run_torchrun import EXIT_DIR_ENV, exit_status, record_exit
+from spotlight.nodes.process import write_atomic
+from spotlight.nodes.serving import external_pool_view, parse_listen, runtime_config
+from spotlight.nodes.torchrun import EXIT_DIR_ENV, exit_status, record_exit
+from spotlight.runtime.config import TOKEN_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 ONDEMAND = REPO / "scripts" / "launch_ondemand.sh"
@@ -162,7 +158,7 @@ def test_launcher_help_and_argument_errors() -> None:
         [str(ONDEMAND), "--dry-run", "--nproc-per-node", "2", "--", "--no-spot"],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
-    assert "spotlight.commands.run_torchrun" in dry and "--nproc-per-node 2" in dry
+    assert "spotlight.nodes.torchrun" in dry and "--nproc-per-node 2" in dry
     assert "--standalone" in dry and dry.rstrip().endswith("-m spotlight.cli run --no-spot")
     dry = subprocess.run(
         [str(ONDEMAND), "--dry-run", "--nnodes", "2", "--node-rank", "1",

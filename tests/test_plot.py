@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from spotlight.actors.metrics import JsonlWriter, MetricRecord
+from spotlight.actors.monitor.metrics import JsonlWriter, MetricRecord
 from spotlight.commands import plot
 
 pytestmark = pytest.mark.timeout(60)

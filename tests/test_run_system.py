@@ -15,13 +15,7 @@ from typing import Any
 
 import pytest
 
-from spotlight.system_config import (
-    ConfigError,
-    SystemConfig,
-    apply_overrides,
-    load_config,
-    read_file,
-)
+from spotlight.config import ConfigError, SystemConfig, apply_overrides, load_config, read_file
 from tests.procs import process_gone
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +51,7 @@ def test_yaml_and_toml_files_and_overrides_in_order(tmp_path: Path) -> None:
     nft = apply_overrides(c, ["trainer.objective=nft", "trainer.nft_beta=0.5"]).trainer.algo()
     assert nft.objective == "nft" and nft.nft.beta == 0.5
     # The trainer gets a dedicated torch thread unless local spot processes share its cores.
-    from spotlight.commands.run import trainer_loop_config
+    from spotlight.config.system import trainer_loop_config
 
     assert not trainer_loop_config(SystemConfig()).dedicated_torch_thread
     for flags in (["spot.enabled=false"], ["spot.pool=external"]):
@@ -132,7 +126,7 @@ def test_sp_degree_must_divide_the_base_models_heads_and_tokens(
     micro_base: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from spotlight.cli import main
-    from spotlight.commands.run import node_command
+    from spotlight.nodes.ondemand import node_command
 
     cfg = load_config(overrides=["spot.gpus_per_node=4", "spot.sp_degree=2"])
     assert "--gpus 4 --sp-degree 2" in node_command(cfg, "tcp://h:1")
@@ -181,7 +175,7 @@ def test_rewards_section_round_trips_and_old_run_dirs_get_the_default() -> None:
 
 
 def test_ondemand_gpus_default_to_the_trainers_world_size() -> None:
-    from spotlight.commands.run import resolve_ondemand_gpus
+    from spotlight.nodes.ondemand import resolve_ondemand_gpus
 
     cfg = SystemConfig()
     assert cfg.spot.ondemand_gpus is None  # unresolved until the DP context is known
@@ -199,9 +193,9 @@ def test_ondemand_gpus_default_to_the_trainers_world_size() -> None:
 
 
 def test_the_cost_table_bills_one_ondemand_gpu_per_dp_rank(tmp_path: Path) -> None:
-    from spotlight.actors.trainer_loop import TrainerSummary
-    from spotlight.commands.run import resolve_ondemand_gpus
+    from spotlight.actors.trainer.loop import TrainerSummary
     from spotlight.commands.run_report import build_report
+    from spotlight.nodes.ondemand import resolve_ondemand_gpus
 
     summary = TrainerSummary(
         start_iteration=0,
@@ -401,7 +395,7 @@ def test_spotlight_run_trains_lora_adapters_publishes_only_them_and_resumes(
 ) -> None:
     import torch
 
-    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.bases import load_checkpoint
     from spotlight.models.lora import tunable_state
 
     run_dir = tmp_path / "run"
@@ -451,7 +445,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
     an uninterrupted run of the same length ends with (plans are read back, noise is f(seed))."""
     import torch
 
-    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.bases import load_checkpoint
 
     common = ["--no-spot", "--json", "--set", f"trainer.base={micro_base}", *SMALL]
     straight = tmp_path / "straight"
@@ -534,7 +528,7 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path, lora
     assert rollouts["mode"] == "pool" and rollouts["samples_by_spot"] > 0, rollouts
     assert rollouts["samples"] == rollouts["samples_by_trainer"] + rollouts["samples_by_spot"]
     if lora_rank:  # the versions the nodes sampled with were adapters only
-        from spotlight.models.checkpoint import load_checkpoint
+        from spotlight.models.bases import load_checkpoint
 
         base, _ = load_checkpoint(micro_base)
         full = sum(v.numel() * v.element_size() for v in base.state_dict().values())
@@ -646,7 +640,8 @@ def test_spotlight_run_trains_lora_on_a_qwen_image_pipeline_base_and_resumes(
     base again and continues."""
     import torch
 
-    from spotlight.models.checkpoint import load_checkpoint, read_card
+    from spotlight.models.bases import load_checkpoint
+    from spotlight.models.checkpoint import read_card
     from spotlight.models.lora import tunable_state
     from tests.qwen_fixture import LATENT_SIDE, save_tiny_qwen_pipeline
 

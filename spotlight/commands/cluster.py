@@ -1,6 +1,6 @@
-"""`spotlight cluster replay|project`: play a spot trace; project cost over one.
+"""`spotlight cluster replay|project|keys`: play a spot trace; project cost; CURVE keys.
 
-``project`` runs the discrete-event projection (spotlight/actors/projection.py) of the
+``project`` runs the discrete-event projection (spotlight/actors/spot/projection.py) of the
 three strategies over a trace and prints it, labelled as a projection.
 
     spotlight cluster replay --trace traces/steady_1h.csv --time-scale 60 --notice 120 \\
@@ -27,14 +27,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from spotlight.actors.prices import PRICE_PRESETS, CostMeter, Prices, cost_table
-from spotlight.actors.projection import (
+from spotlight.actors.spot.prices import PRICE_PRESETS, CostMeter, Prices, cost_table
+from spotlight.actors.spot.projection import (
     IterationsNeeded,
     ProjectionConfig,
     project,
     summarize,
 )
-from spotlight.actors.replay import (
+from spotlight.actors.spot.replay import (
     NodeLauncher,
     ProcessNodeLauncher,
     RecordingLauncher,
@@ -42,7 +42,8 @@ from spotlight.actors.replay import (
     ReplayStats,
     TraceReplayer,
 )
-from spotlight.actors.spot_trace import SpotTrace, TraceError, load_trace, synthesize_notices
+from spotlight.actors.spot.trace import SpotTrace, TraceError, load_trace, synthesize_notices
+from spotlight.commands.cluster_keys import add_keys_parser, run_keys
 
 __all__ = ["add_arguments", "run"]
 
@@ -83,11 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rp.add_argument("--ondemand-price", type=float, default=None, help="override USD/GPU-hour")
     rp.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
 
+    add_keys_parser(sub)
     pp = sub.add_parser(
         "project",
         help="projection: simulate on-demand / restart / Spotlight over a trace",
         description="A discrete-event projection (not a measurement) of time and cost to a "
-        "target; see spotlight/actors/projection.py for every assumption.",
+        "target; see spotlight/actors/spot/projection.py for every assumption.",
     )
     pp.add_argument("--trace", type=Path, required=True, help="CSV trace (t_s,event,node)")
     pp.add_argument("--notice", type=float, default=0.0, metavar="S", help="as for replay")
@@ -115,6 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.cluster_command == "project":
         return _project(args)
+    if args.cluster_command == "keys":
+        return run_keys(args)
     if args.gpus_per_node < 1:
         print(f"error: --gpus-per-node must be >= 1, got {args.gpus_per_node}", file=sys.stderr)
         return 2
@@ -217,7 +221,11 @@ async def _replay(
         return await TraceReplayer(
             trace, launcher, time_scale=args.time_scale, on_event=printer
         ).run()
-    async with ProcessNodeLauncher(args.command, stdout=_stderr_fd()) as proc_launcher:
+    from spotlight.actors.weights.share import remove_published_by
+
+    async with ProcessNodeLauncher(
+        args.command, stdout=_stderr_fd(), on_reaped=remove_published_by
+    ) as proc_launcher:
         return await TraceReplayer(
             trace, proc_launcher, time_scale=args.time_scale, on_event=printer
         ).run()

@@ -18,12 +18,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from spotlight.runtime.config import TOKEN_ENV
+
 if TYPE_CHECKING:
-    from spotlight.actors.monitor import MonitorState
+    from spotlight.actors.monitor.actor import MonitorState
 
 __all__ = ["StateDisplay", "add_arguments", "run"]
-
-TOKEN_ENV = "SPOTLIGHT_CLUSTER_TOKEN"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,13 +114,13 @@ class StateDisplay:
             line = json.dumps({"event": "state", **state.summary()}, allow_nan=False)
             print(line, file=self.file or sys.stdout, flush=True)
         elif self._live is not None:
-            from spotlight.actors.monitor_view import render
+            from spotlight.actors.monitor.view import render
 
             self._live.update(render(state))
 
 
 async def _watch(args: argparse.Namespace, json_lines: bool) -> int:
-    from spotlight.actors.monitor import Monitor, MonitorState
+    from spotlight.actors.monitor.actor import Monitor, MonitorState
     from spotlight.runtime import Runtime, RuntimeConfig
     from spotlight.runtime.errors import SpotlightError
 

@@ -61,7 +61,7 @@ class _Curve:
 
 
 def _metrics_file(run_dir: Path) -> Path:
-    from spotlight.actors.metrics import METRICS_FILE
+    from spotlight.actors.monitor.metrics import METRICS_FILE
 
     return run_dir if run_dir.suffix == ".jsonl" or run_dir.is_file() else run_dir / METRICS_FILE
 
@@ -109,7 +109,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> PlotResu
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spotlight.actors.metrics import read_jsonl
+    from spotlight.actors.monitor.metrics import read_jsonl
 
     path = _metrics_file(Path(run_dir))
     try:

@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from spotlight.models.base import PretrainRecipe, build_base, ensure_base
+    from spotlight.models.base import PretrainRecipe
+    from spotlight.models.base_build import build_base, ensure_base
     from spotlight.models.checkpoint import read_card
 
     defaults = PretrainRecipe()

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from spotlight.actors.replay import ReplayStats
-    from spotlight.actors.spot_trace import SpotTrace
-    from spotlight.actors.trainer_loop import TrainerSummary
-    from spotlight.system_config import SystemConfig
+    from spotlight.actors.spot.replay import ReplayStats
+    from spotlight.actors.spot.trace import SpotTrace
+    from spotlight.actors.trainer.loop import TrainerSummary
+    from spotlight.config import SystemConfig
 
 __all__ = ["build_report", "write_report"]
 
@@ -57,7 +57,7 @@ def build_report(
     ``cfg.spot.ondemand_gpus`` must be resolved (an int; see
     :func:`spotlight.commands.run.resolve_ondemand_gpus`): the report cannot know the
     trainer's world size."""
-    from spotlight.actors.prices import CostMeter
+    from spotlight.actors.spot.prices import CostMeter
 
     ondemand_gpus = cfg.spot.ondemand_gpus
     if ondemand_gpus is None:
@@ -144,7 +144,7 @@ def build_report(
 
 def write_report(report: dict[str, Any], run_dir: Path, *, json_lines: bool) -> None:
     """RUN_DIR/report.json and plots/, then the report: one JSON line or rich tables."""
-    from spotlight.actors.metrics import plain
+    from spotlight.actors.monitor.metrics import plain
     from spotlight.commands.plot import PlotError, plot_run
 
     tables = report.pop("_tables")
@@ -162,7 +162,7 @@ def write_report(report: dict[str, Any], run_dir: Path, *, json_lines: bool) -> 
         return
     from rich.console import Console
 
-    from spotlight.actors.prices import cost_table
+    from spotlight.actors.spot.prices import cost_table
 
     console = Console()
     val = report["final_val_score"]

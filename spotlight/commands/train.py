@@ -1,6 +1,6 @@
 """`spotlight train --local`: Flow-GRPO on the tiny base in one process.
 
-The system's trainer loop (``spotlight.actors.trainer_loop``) with one rank, no planner and
+The system's trainer loop (``spotlight.actors.trainer.loop``) with one rank, no planner and
 random seeds; this module only maps command-line settings onto it:
 
     run dir/
@@ -143,12 +143,12 @@ def train_local(
 ) -> dict[str, Any]:
     """Run (or resume) a local Flow-GRPO run; returns a summary of base/final validation.
 
-    A local run is the system's own trainer loop (actors/trainer_loop.py) with one rank, no
+    A local run is the system's own trainer loop (actors/trainer/loop.py) with one rank, no
     planner and random seeds: one loop to keep right, and a local result predicts what the
     same settings do inside `spotlight run`."""
     import asyncio
 
-    from spotlight.actors.trainer_loop import TrainerLoop, TrainerLoopConfig
+    from spotlight.actors.trainer.loop import TrainerLoop, TrainerLoopConfig
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state = run_dir / "checkpoint" / "state.json"
@@ -156,7 +156,7 @@ def train_local(
         raise ValueError(f"--resume {run_dir}: no checkpoint/state.json there to resume from")
     base = settings.base
     if base is None:
-        from spotlight.models.base import ensure_base
+        from spotlight.models.base_build import ensure_base
 
         base = str(ensure_base(progress=progress))
     (run_dir / "run.json").write_text(json.dumps(settings.to_json(), indent=2) + "\n")

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from spotlight.models import scenes
-from spotlight.models.checkpoint import load_checkpoint, save_checkpoint
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.checkpoint import save_checkpoint
 from spotlight.models.dit import DiTPolicy
 from spotlight.models.flow_grpo import ValidationResult, decode, generate, validate
 from spotlight.models.rewards import build_reward

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from spotlight.models.dit import DiTConfig, DiTPolicy, build_policy, get_config
-from spotlight.models.lora import LoraSettings, attach_lora, load_tunable_state, tunable_state
+from spotlight.models.dit import DiTConfig, DiTPolicy
+from spotlight.models.lora import tunable_state
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -153,76 +152,3 @@ def read_card(path: str | os.PathLike[str]) -> CheckpointCard:
         raise
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint card {card_path} is corrupt: {e}") from e
-
-
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    *,
-    config: DiTConfig | str | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[DiTPolicy, CheckpointCard]:
-    """The policy and card stored in ``path``; ``config`` (optional) is what the caller expects.
-    ``device``: where a checkpoint on a pipeline base loads that base (tiny ones load on the
-    CPU; move them).
-
-    Raises CheckpointError for a missing directory or file, a corrupt file, or a checkpoint
-    made for another config ("checkpoint is for config X, asked for Y").
-    """
-    card = read_card(path)
-    if config is not None:
-        want = get_config(config) if isinstance(config, str) else config
-        if want.name != card.config.name:
-            raise CheckpointError(
-                f"checkpoint {path} is for config {card.config.name!r}, asked for {want.name!r}"
-            )
-        if want != card.config:
-            raise CheckpointError(
-                f"checkpoint {path} is for a different shape of config {want.name!r}: "
-                f"stored {card.config}, asked for {want}"
-            )
-    weights_path = Path(path) / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS_FILE}")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint weights {weights_path} are corrupt: {e}") from e
-    if card.base is not None:
-        return _load_on_base(path, card, state, torch.device(device)), card
-    policy = build_policy(card.config)
-    if card.lora is not None:
-        try:
-            settings = LoraSettings.from_dict(card.lora)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"checkpoint card {path} has unusable LoRA settings: {e}") from e
-        attach_lora(policy, settings)
-    try:
-        policy.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint weights {weights_path} do not match config {card.config.name!r}: {e}"
-        ) from e
-    return policy, card
-
-
-def _load_on_base(
-    path: str | os.PathLike[str], card: CheckpointCard, state: dict[str, Any], device: torch.device
-) -> DiTPolicy:
-    """An adapter checkpoint: the base it names, the adapters of its card, then its weights."""
-    from spotlight.models.bases import load_base, same_shape
-
-    assert card.base is not None
-    if card.lora is None:
-        raise CheckpointError(f"checkpoint {path} names the base {card.base} but no LoRA settings")
-    policy = load_base(card.base, image_size=card.config.image_size, device=device)
-    if not same_shape(policy.config, card.config):
-        raise CheckpointError(
-            f"checkpoint {path} was trained on a base of config {card.config}, but {card.base} "
-            f"now holds {policy.config}"
-        )
-    attach_lora(policy, LoraSettings.from_dict(card.lora))
-    try:
-        load_tunable_state(policy, state)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} adapters do not fit: {e}") from e
-    return policy

@@ -40,7 +40,7 @@ from spotlight.models import vocab
 from spotlight.models.autoencoder import shared_codec
 
 if TYPE_CHECKING:
-    from spotlight.models.lora import LoraSettings
+    from spotlight.models.lora_settings import LoraSettings
 
 
 @dataclass(frozen=True, kw_only=True)

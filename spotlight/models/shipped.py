@@ -10,6 +10,7 @@ under that name; anything else is a ``ShippedBaseError`` that says how to restor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -17,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from spotlight.models.autoencoder import ASSETS_DIR, resolve_vae
-from spotlight.models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError, read_card
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.checkpoint import (
+    CARD_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    read_card,
+    save_checkpoint,
+)
 from spotlight.models.dit import get_config
 
 __all__ = [
@@ -98,9 +106,6 @@ def install_base(
     """Copy a base built by ``spotlight pretrain --out DIR`` into the package assets: the
     autoencoder as ``vae-<vae_name>``, the base with its config's ``vae`` set to that name and
     its card extended with the files' hashes (and ``extra``). Returns the shipped base dir."""
-    import dataclasses
-
-    from spotlight.models.checkpoint import load_checkpoint, save_checkpoint
 
     policy, card = load_checkpoint(built)
     if card.config.vae is None:

@@ -38,36 +38,128 @@ message over the size limit     ``MessageTooLarge``                 untouched
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 from spotlight.runtime.codec import register_extension
 from spotlight.runtime.errors import NotAnEndpoint, SpotlightError
+from spotlight.runtime.peers import PeerEvents
 from spotlight.runtime.supervision import RestartPolicy
 
-if TYPE_CHECKING:
-    from spotlight.runtime.cell import ActorCell
-    from spotlight.runtime.runtime import Runtime
-
-__all__ = ["Actor", "ActorRef", "EndpointCaller", "EndpointSpec", "StreamCall", "endpoint"]
+__all__ = [
+    "Actor",
+    "ActorHost",
+    "ActorRef",
+    "EndpointCaller",
+    "EndpointSpec",
+    "StreamCall",
+    "endpoint",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 A = TypeVar("A", bound="Actor")
+T = TypeVar("T")
+
+
+class ActorHost(Protocol):
+    """What actors and refs call on the runtime hosting them (``Runtime`` implements it).
+
+    A protocol, so this module (the bottom of the runtime) never imports ``runtime.py``;
+    ``host.Host`` extends it with what the cell and the transport call.
+    """
+
+    @property
+    def address(self) -> str: ...
+
+    closed: bool
+
+    def create_task(self, coro: Awaitable[T], *, name: str) -> asyncio.Task[T]: ...
+
+    async def spawn(
+        self, cls: type[A], /, *args: Any, name: str | None = None, **kwargs: Any
+    ) -> ActorRef: ...
+
+    async def spawn_under(
+        self,
+        parent: Any,
+        policy: RestartPolicy | None,
+        cls: type[A],
+        /,
+        *args: Any,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> ActorRef: ...
+
+    async def lookup(
+        self,
+        address: str,
+        name: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the public API's deadline)
+    ) -> ActorRef: ...
+
+    def peer_events(self) -> PeerEvents: ...
+
+    def statistics(self) -> dict[str, Any]: ...
+
+    async def send_tell(
+        self,
+        ref: ActorRef,
+        endpoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,  # noqa: ASYNC109 (the public API's deadline)
+    ) -> None: ...
+
+    async def send_ask(
+        self,
+        ref: ActorRef,
+        endpoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,  # noqa: ASYNC109 (the public API's deadline)
+    ) -> Any: ...
+
+    def open_stream(
+        self,
+        ref: ActorRef,
+        endpoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> StreamCall: ...
+
+
+class _Cell(Protocol):
+    """What an actor reads of its cell (``cell.ActorCell``)."""
+
+    @property
+    def runtime(self) -> ActorHost: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def generation(self) -> int: ...
+
+    def ref(self) -> ActorRef: ...
+
 
 _ENDPOINT_ATTR = "__spotlight_endpoint__"
 
 # The runtime whose transport is decoding a message right now: refs that arrive inside
 # a message bind to it. Outside a decode, refs fall back to the process's runtime.
-decoding_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
+decoding_runtime: contextvars.ContextVar[ActorHost | None] = contextvars.ContextVar(
     "spotlight_decoding_runtime", default=None
 )
-_process_runtime: list[Runtime] = []
+_process_runtime: list[ActorHost] = []
 
 
-def register_process_runtime(runtime: Runtime, running: bool) -> None:
+def register_process_runtime(runtime: ActorHost, running: bool) -> None:
     """Track running runtimes; unbound refs (made outside any runtime) use the newest."""
     if runtime in _process_runtime:
         _process_runtime.remove(runtime)
@@ -139,7 +231,7 @@ class Actor:
     """
 
     __spotlight_endpoints__: ClassVar[dict[str, EndpointSpec]] = {}
-    _cell: ActorCell
+    _cell: _Cell
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -152,7 +244,7 @@ class Actor:
         """Called when the actor stops (shutdown, failure, explicit stop), under a deadline."""
 
     @property
-    def runtime(self) -> Runtime:
+    def runtime(self) -> ActorHost:
         return self._cell.runtime
 
     @property
@@ -203,7 +295,7 @@ class ActorRef:
         generation: int | None = None,
         *,
         cls: type[Actor] | None = None,
-        runtime: Runtime | None = None,
+        runtime: ActorHost | None = None,
     ) -> None:
         self.address = address
         self.name = name
@@ -225,7 +317,7 @@ class ActorRef:
             raise NotAnEndpoint(f"{hint}; its endpoints are: {names}")
         return EndpointCaller(self, attr)
 
-    def _rt(self) -> Runtime:
+    def _rt(self) -> ActorHost:
         runtime = self._runtime
         if runtime is None or runtime.closed:
             if not _process_runtime:

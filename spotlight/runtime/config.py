@@ -6,9 +6,14 @@ Tests shrink the timing knobs (for example ``heartbeat_s=0.1``) instead of sleep
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["RuntimeConfig"]
+from spotlight.runtime.keys import key_from_secret
+
+__all__ = ["TOKEN_ENV", "RuntimeConfig"]
+
+TOKEN_ENV = "SPOTLIGHT_CLUSTER_TOKEN"
+"""Environment variable every process of a cluster reads ``cluster_token`` from."""
 
 _LOOPBACK_NAMES = {"localhost"}
 
@@ -33,8 +38,15 @@ class RuntimeConfig:
     """TCP port to bind; 0 picks a free one (see ``Runtime.address``)."""
     advertise_host: str | None = None
     """Host others should dial (defaults to ``bind_host``; set it when binding 0.0.0.0)."""
-    cluster_token: str | None = None
+    cluster_token: str | None = field(default=None, repr=False)
     """Shared secret peers prove in the hello handshake; required off loopback."""
+    curve: bool | None = None
+    """CURVE (encryption and authentication, see ``security.py``). ``None``: on for a
+    ROUTER bound beyond loopback and for connections to hosts beyond loopback, off on
+    loopback (the fast path); ``True``: on for every socket; ``False``: off (warned)."""
+    curve_secret_key: str | None = field(default=None, repr=False)
+    """The cluster's Z85 CURVE secret key. ``None``: ``$SPOTLIGHT_CLUSTER_KEY``, else the
+    file named by ``$SPOTLIGHT_CLUSTER_KEY_FILE``, else derived from ``cluster_token``."""
     max_message_bytes: int = 256 * 1024 * 1024
     """Largest message (all frames together) accepted or sent."""
     send_hwm: int = 1000
@@ -68,6 +80,18 @@ class RuntimeConfig:
                 "anyone who can reach the port could call your actors; set "
                 "cluster_token='<shared secret>' (peers must present it) or bind 127.0.0.1"
             )
+        if self.curve is None and (
+            self.advertise_host is not None
+            and is_loopback(self.advertise_host) != is_loopback(self.bind_host)
+        ):
+            raise ValueError(
+                f"bind_host={self.bind_host!r} with advertise_host={self.advertise_host!r}: "
+                "CURVE follows loopback-ness (on beyond loopback), so peers dialing the "
+                "advertised address would pick the wrong mechanism; advertise an address of "
+                "the same kind, or set curve=True/False explicitly"
+            )
+        if self.curve_secret_key is not None:
+            key_from_secret(self.curve_secret_key, "RuntimeConfig.curve_secret_key")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port} is not a TCP port; valid: 0 (free) .. 65535")
         for name in ("max_message_bytes", "send_hwm", "recv_hwm", "credit_window", "stream_window"):

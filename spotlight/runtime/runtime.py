@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from spotlight.runtime.actor import Actor, ActorRef, StreamCall, endpoint, register_process_runtime
-from spotlight.runtime.cell import ActorCell, Envelope, Kind
+from spotlight.runtime.cell import ActorCell
 from spotlight.runtime.config import RuntimeConfig
+from spotlight.runtime.envelope import Envelope, Kind
 from spotlight.runtime.errors import (
     ActorNotFound,
     ActorStopped,
@@ -30,23 +30,15 @@ from spotlight.runtime.errors import (
     Timeout,
 )
 from spotlight.runtime.flow import Credits
+from spotlight.runtime.peers import PeerEvent, PeerEvents
 from spotlight.runtime.supervision import RestartPolicy
 from spotlight.runtime.transport import NOT_NOW, Transport
 
-__all__ = ["PeerEvent", "PeerEvents", "Runtime", "run"]
+__all__ = ["Runtime"]
 
 log = logging.getLogger("spotlight.runtime")
 T = TypeVar("T")
 A = TypeVar("A", bound=Actor)
-
-
-@dataclass(frozen=True)
-class PeerEvent:
-    """A peer runtime appeared (first hello either way) or was lost."""
-
-    kind: Literal["peer_joined", "peer_lost"]
-    address: str
-    reason: str = ""
 
 
 class Runtime:
@@ -385,35 +377,14 @@ class Runtime:
         }
 
 
-class PeerEvents(AsyncIterator[PeerEvent]):
-    """An async iterator of :class:`PeerEvent`; ``aclose()`` unsubscribes."""
-
-    def __init__(self, watchers: list[asyncio.Queue[PeerEvent | None]]) -> None:
-        self._watchers = watchers
-        self._queue: asyncio.Queue[PeerEvent | None] = asyncio.Queue()
-        watchers.append(self._queue)
-
-    def __aiter__(self) -> PeerEvents:
-        return self
-
-    async def __anext__(self) -> PeerEvent:
-        event = await self._queue.get()
-        if event is None:
-            await self.aclose()
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        if self._queue in self._watchers:
-            self._watchers.remove(self._queue)
-
-
 class _SystemActor(Actor):
     """Endpoints every runtime answers (name ``__runtime__``)."""
 
     @endpoint
     async def generation_of(self, name: str) -> int | None:
-        cell = self.runtime.cells.get(name)
+        runtime = self.runtime
+        assert isinstance(runtime, Runtime)  # the system actor only ever runs on a Runtime
+        cell = runtime.cells.get(name)
         if cell is None or name == "__runtime__" or cell.state == "stopped":
             return None
         return cell.generation
@@ -515,15 +486,3 @@ class _LocalStream(StreamCall):
         self._release()
         if self.env is not None:
             self.rt.cancel_envelope(self.env, reason)
-
-
-def run(main: Callable[[Runtime], Awaitable[T]], config: RuntimeConfig | None = None) -> T:
-    """Run ``main(runtime)`` on uvloop inside a fresh runtime, then shut down cleanly.
-
-    The first SIGINT/SIGTERM cancels ``main`` (the cancel carries the signal name) and
-    shuts the runtime down gracefully, then raises ``SystemExit(128 + signum)``; a
-    second signal exits at once (``os._exit``).
-    """
-    from spotlight.runtime.signals import run_with_signals
-
-    return run_with_signals(main, config)

@@ -31,9 +31,9 @@ from spotlight.runtime.errors import (
 from spotlight.runtime.flow import Credits
 
 if TYPE_CHECKING:
-    from spotlight.runtime.cell import Envelope, Kind
     from spotlight.runtime.config import RuntimeConfig
-    from spotlight.runtime.runtime import Runtime
+    from spotlight.runtime.envelope import Envelope, Kind
+    from spotlight.runtime.host import Host
     from spotlight.runtime.zsock import LoopSocket
 
 __all__ = ["Inbound", "Reject", "RemoteSink", "ServingSide", "error_from_header", "error_header"]
@@ -70,7 +70,7 @@ class ServingSide:
     """Mixin of ``Transport``: the ROUTER loop and everything it answers."""
 
     if TYPE_CHECKING:
-        runtime: Runtime
+        runtime: Host
         config: RuntimeConfig
         router: LoopSocket
         inbound: dict[bytes, Inbound]

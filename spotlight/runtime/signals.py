@@ -12,13 +12,12 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from spotlight.runtime.config import RuntimeConfig
-    from spotlight.runtime.runtime import Runtime
+from spotlight.runtime.config import RuntimeConfig
+from spotlight.runtime.runtime import Runtime
 
-__all__ = ["run_with_signals"]
+__all__ = ["run", "run_with_signals"]
 
 log = logging.getLogger("spotlight.runtime")
 T = TypeVar("T")
@@ -33,6 +32,16 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def run(main: Callable[[Runtime], Awaitable[T]], config: RuntimeConfig | None = None) -> T:
+    """Run ``main(runtime)`` on uvloop inside a fresh runtime, then shut down cleanly.
+
+    The first SIGINT/SIGTERM cancels ``main`` (the cancel carries the signal name) and
+    shuts the runtime down gracefully, then raises ``SystemExit(128 + signum)``; a
+    second signal exits at once (``os._exit``).
+    """
+    return run_with_signals(main, config)
+
+
 def run_with_signals(
     main: Callable[[Runtime], Awaitable[T]], config: RuntimeConfig | None = None
 ) -> T:
@@ -43,8 +52,6 @@ def run_with_signals(
 async def _supervised_main(
     main: Callable[[Runtime], Awaitable[T]], config: RuntimeConfig | None
 ) -> T:
-    from spotlight.runtime.runtime import Runtime
-
     loop = asyncio.get_running_loop()
     received: list[int] = []
     main_task: list[asyncio.Future[Any]] = []

@@ -41,8 +41,9 @@ queued within ``send_timeout_s`` raises ``Timeout``.
 Hello: every DEALER first sends ``hello`` (our address, credit window, cluster token).
 The ROUTER answers ``hello_ok`` or ``hello_no`` and refuses anything else from an
 identity that has not said hello (``need_hello``), which is also how a caller learns
-that a peer restarted. The token travels in clear text: it keeps out strangers on a
-trusted network, not eavesdroppers (CURVE is not implemented).
+that a peer restarted. Beneath it, sockets that reach beyond loopback use CURVE
+(``security.py``): the handshake authenticates the cluster key before any frame reaches
+the ROUTER's reader, and encrypts everything after it, the token included.
 
 Shutdown order (``close``): mark closed (no new connection or background send), stop
 the heartbeat loop, finish or cancel in-flight background sends, say ``bye`` to every
@@ -88,12 +89,13 @@ from spotlight.runtime.errors import (
     Timeout,
 )
 from spotlight.runtime.flow import Credits
+from spotlight.runtime.security import Security
 from spotlight.runtime.serving import PEER_SHUT_DOWN, Inbound, ServingSide, error_from_header
 from spotlight.runtime.zsock import LoopSocket
 
 if TYPE_CHECKING:
     from spotlight.runtime.actor import ActorRef
-    from spotlight.runtime.runtime import Runtime
+    from spotlight.runtime.host import Host
 
 __all__ = ["NOT_NOW", "Transport"]
 
@@ -133,18 +135,25 @@ class _Conn:
 class Transport(ServingSide):
     """Sockets, connections, heartbeats and the wire protocol of one runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Host) -> None:
         self.runtime = runtime
         self.config = cfg = runtime.config
         self.ctx: zmq.Context[Any] = zmq.Context()
+        self.security = Security(self.ctx, cfg)
         router = self.ctx.socket(zmq.ROUTER)
         self._configure(router)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if cfg.port:
-            router.bind(f"tcp://{cfg.bind_host}:{cfg.port}")
-            port = cfg.port
-        else:
-            port = router.bind_to_random_port(f"tcp://{cfg.bind_host}")
+        try:
+            self.security.secure_router(router)  # before bind: the handshake applies to all
+            if cfg.port:
+                router.bind(f"tcp://{cfg.bind_host}:{cfg.port}")
+                port = cfg.port
+            else:
+                port = router.bind_to_random_port(f"tcp://{cfg.bind_host}")
+        except BaseException:  # a refused key or a taken port: leave no socket behind
+            self.security.close()
+            self.ctx.destroy(linger=0)
+            raise
         self.router = LoopSocket(router, self._on_router_message)
         self.address = f"tcp://{cfg.advertise_host or cfg.bind_host}:{port}"
         self.conns: dict[str, _Conn] = {}
@@ -232,6 +241,11 @@ class Transport(ServingSide):
         sock = self.ctx.socket(zmq.DEALER)
         self._configure(sock)
         sock.setsockopt(zmq.ROUTING_ID, b"S" + os.urandom(15))
+        try:
+            self.security.secure_dealer(sock, address)
+        except ValueError:
+            sock.close(linger=0)
+            raise
         sock.connect(address)
         hello = {
             "k": "hello",
@@ -532,7 +546,8 @@ class Transport(ServingSide):
             for conn in list(self.conns.values()):
                 silent = now - conn.last_recv
                 if silent > cfg.liveness_s:
-                    self.peer_lost(conn.address, f"no heartbeat for {silent:.2f}s")
+                    hint = "" if conn.ready else self.security.silence_hint(conn.address)
+                    self.peer_lost(conn.address, f"no heartbeat for {silent:.2f}s{hint}")
                 else:
                     self._post(conn, list(ping), name="ping")
             for identity, inbound in list(self.inbound.items()):
@@ -601,6 +616,7 @@ class Transport(ServingSide):
             conn.sock.close(error, linger=BYE_LINGER_MS)
         self.conns.clear()
         self.router.close(error, linger=BYE_LINGER_MS)
+        self.security.close()
         self.ctx.destroy(linger=None)  # waits <= BYE_LINGER_MS for queued messages to leave
 
     def _say_bye(self) -> None:
@@ -639,6 +655,7 @@ class Transport(ServingSide):
                 for i in self.inbound.values()
             },
             "pending_calls": len(self.pending),
+            "security": self.security.statistics(),
             "credits": {
                 f"{a}/{actor}": {"available": c.available, "window": c.window, "waiting": c.waiting}
                 for (a, actor), c in self.credits.items()

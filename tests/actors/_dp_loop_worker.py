@@ -13,7 +13,7 @@ from tests.micro import redness as _redness
 
 
 def main(base: str, run_dir: str, out: str, iterations: int) -> None:
-    from spotlight.actors.trainer_loop import TrainerLoop, init_context
+    from spotlight.actors.trainer.loop import TrainerLoop, init_context
 
     ctx = init_context()
     loop = TrainerLoop(

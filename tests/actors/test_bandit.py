@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from spotlight.actors.bandit import (
+from spotlight.actors.exploration.bandit import (
     BanditConfig,
     ExplorationBandit,
     ExplorationBudget,

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from spotlight.actors.coordinator import Coordinator, CoordinatorStats, sampler_from_dict
-from spotlight.actors.monitor import Monitor
-from spotlight.actors.preemption import PreemptionReport
-from spotlight.actors.prices import Prices
-from spotlight.actors.rollout import DrainReport
+from spotlight.actors.cluster.coordinator import Coordinator, CoordinatorStats
+from spotlight.actors.monitor.actor import Monitor
+from spotlight.actors.scheduling.preemption import PreemptionReport
+from spotlight.actors.scheduling.work import DrainReport, sampler_from_dict
+from spotlight.actors.spot.prices import Prices
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
 from spotlight.runtime.errors import PeerLost, RemoteError
@@ -308,7 +308,7 @@ def test_nodes_get_the_trainers_model_config_and_a_rejoined_node_is_registered_a
     """The answer carries the full DiTConfig (not a name), plain data that survives the wire;
     a node that re-joins under its old id (new process, new explorer) is registered again and
     the old incarnation's unregistration is sent once, not repeated for the new one."""
-    from spotlight.actors.policy_spec import model_config
+    from spotlight.actors.weights.policy_spec import model_config
     from tests.micro import MICRO
 
     async def body() -> None:

@@ -30,7 +30,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from spotlight.actors.dp_trainer import (
+from spotlight.models.data_parallel import (
     DPContext,
     broadcast_object,
     broadcast_parameters,
@@ -42,7 +42,8 @@ from spotlight.actors.dp_trainer import (
 from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig, IterationStats, flow_grpo_iteration
 from spotlight.models.grpo import GrpoConfig
-from spotlight.models.lora import LoraSettings, attach_lora
+from spotlight.models.lora import attach_lora
+from spotlight.models.lora_settings import LoraSettings
 from spotlight.models.sampler import SamplerConfig
 
 WORLD = 2

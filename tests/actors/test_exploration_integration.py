@@ -1,6 +1,6 @@
 """Explorer processes + scheduler + planner: the trainer gets its groups by its deadline.
 
-Two explorer processes (``python -m spotlight.actors.explorer_main``, tiny model, random weights)
+Two explorer processes (``python -m spotlight.nodes.explorer``, tiny model, random weights)
 pull explore requests from a scheduler in this process; the planner plans the next batch;
 the test plays the trainer: pushes weights, waits out its (simulated) iteration, then asks
 for the groups at the deadline. Children are killed by PID in the fixture's teardown.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from spotlight.actors.bandit import BanditConfig
-from spotlight.actors.planner import PlannerActor, PlannerConfig, seeds_for_iteration
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.exploration.bandit import BanditConfig
+from spotlight.actors.exploration.planner import PlannerActor, PlannerConfig, seeds_for_iteration
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
 from spotlight.models.dit import build_policy
 from spotlight.runtime import Runtime, RuntimeConfig
 from tests.runtime.helpers import arun
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _spawn_explorer(address: str, worker_id: str) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "spotlight.actors.explorer_main", "--worker-id", worker_id]
+    argv = [sys.executable, "-m", "spotlight.nodes.explorer", "--worker-id", worker_id]
     argv += ["--scheduler", f"{address}/xs", "--planner", f"{address}/planner"]
     return subprocess.Popen([*argv, "--pull-batch", "8"], cwd=REPO)
 

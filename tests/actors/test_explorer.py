@@ -12,16 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from spotlight.actors.explorer import (
-    ExplorerActor,
-    ExploreResult,
-    ExploreSettings,
-    WeightSlot,
-    sampler_for_steps,
-)
-from spotlight.actors.leases import SampleRequest
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
-from spotlight.actors.weight_publish import WeightPublisher
+from spotlight.actors.exploration.backends import ExploreSettings, sampler_for_steps
+from spotlight.actors.exploration.explorer import ExplorerActor, ExploreResult, WeightSlot
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
+from spotlight.actors.weights.publish import WeightPublisher
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import ActorRef, Runtime
@@ -301,7 +296,7 @@ def test_weight_chunks_from_the_publisher_become_the_explorers_weights() -> None
 
 
 def test_model_config_accepts_a_config_a_name_or_wire_data() -> None:
-    from spotlight.actors.policy_spec import model_config
+    from spotlight.actors.weights.policy_spec import model_config
     from spotlight.models.dit import get_config
     from tests.micro import MICRO
 
@@ -320,7 +315,7 @@ def test_model_config_accepts_a_config_a_name_or_wire_data() -> None:
 def test_weights_of_another_config_are_rejected_naming_both_shapes() -> None:
     """An explorer built from a config other than the trainer's (the old named-config bug:
     a ``tiny`` explorer for a ``micro`` base) says so when the weights arrive."""
-    from spotlight.actors.explorer import weights_fit
+    from spotlight.actors.exploration.explorer import weights_fit
     from spotlight.runtime.errors import RemoteError
     from tests.micro import MICRO
 
@@ -382,7 +377,7 @@ def test_an_explorer_of_the_micro_config_explores_micro_weights() -> None:
 def test_explorer_steps_aside_while_the_nodes_rollout_worker_is_busy() -> None:
     """``pause_while`` true (the node's rollout worker holds the trainer's requests): no
     explore request is pulled; once false, the queued seeds are explored."""
-    from spotlight.actors.rollout import Occupancy
+    from spotlight.actors.rollout.worker import Occupancy
     from tests.micro import MICRO
 
     held = [3]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from spotlight.actors.journal import (
+from spotlight.actors.scheduling.journal import (
     MAGIC,
     Committed,
     Completed,
@@ -28,7 +28,8 @@ from spotlight.actors.journal import (
     JournalCorruptError,
     Submitted,
 )
-from spotlight.actors.leases import LeaseTable, SampleRequest, Snapshot
+from spotlight.actors.scheduling.leases import LeaseTable
+from spotlight.actors.scheduling.work import SampleRequest, Snapshot
 
 TTL = 10.0
 
@@ -172,7 +173,7 @@ def test_every_torn_tail_is_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture
         path.write_bytes(whole[:cut])
         caplog.clear()
         with (
-            caplog.at_level(logging.WARNING, logger="spotlight.actors.journal"),
+            caplog.at_level(logging.WARNING, logger="spotlight.actors.scheduling.journal"),
             Journal(path, config=FAST, **PLAIN) as j,
         ):
             assert len(j.recovered()) == 4, cut
@@ -395,8 +396,8 @@ def test_leftover_compaction_file_is_harmless(tmp_path: Path) -> None:
 CHILD = textwrap.dedent(
     """
     import signal, sys, msgpack
-    from spotlight.actors.journal import JournalConfig
-    from spotlight.actors.leases import LeaseTable, SampleRequest, Snapshot
+    from spotlight.actors.scheduling.journal import JournalConfig
+    from spotlight.actors.scheduling.leases import LeaseTable, SampleRequest, Snapshot
     enc = lambda o: [msgpack.packb(o, use_bin_type=True)]
     dec = lambda f: msgpack.unpackb(f[0], raw=False)
     table = LeaseTable.from_journal(sys.argv[1], lease_ttl_s=10.0, clock=lambda: 0.0,

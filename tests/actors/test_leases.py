@@ -26,8 +26,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from spotlight.actors.journal import JournalConfig
-from spotlight.actors.leases import Lease, LeaseTable, SampleRequest, Snapshot
+from spotlight.actors.scheduling.journal import JournalConfig
+from spotlight.actors.scheduling.leases import LeaseTable
+from spotlight.actors.scheduling.work import Lease, SampleRequest, Snapshot
 
 TTL = 10.0
 

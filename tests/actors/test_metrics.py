@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from spotlight.actors.leases import LeaseStats
-from spotlight.actors.metrics import (
+from spotlight.actors.monitor.actor import Monitor, MonitorConfig
+from spotlight.actors.monitor.metrics import (
     JsonlWriter,
     MetricRecord,
     MetricsPublisher,
@@ -23,7 +23,7 @@ from spotlight.actors.metrics import (
     plain,
     read_jsonl,
 )
-from spotlight.actors.monitor import Monitor, MonitorConfig
+from spotlight.actors.scheduling.leases import LeaseStats
 from spotlight.runtime import Runtime, endpoint
 from tests.runtime.helpers import FAST, arun
 

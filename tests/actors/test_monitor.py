@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from spotlight.actors.metrics import MetricRecord, MetricsPublisher, read_jsonl
-from spotlight.actors.monitor import Monitor, MonitorConfig, MonitorState, MonitorStore
+from spotlight.actors.monitor.actor import Monitor, MonitorConfig, MonitorState, MonitorStore
+from spotlight.actors.monitor.metrics import MetricRecord, MetricsPublisher, read_jsonl
 from spotlight.runtime import Runtime
 from tests.runtime.helpers import FAST, arun
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from spotlight.actors.metrics import read_jsonl
+from spotlight.actors.monitor.metrics import read_jsonl
 from tests.runtime.helpers import REPO
 
 pytestmark = pytest.mark.timeout(90)
@@ -25,8 +25,8 @@ START_TIMEOUT_S = 60.0  # children import torch on a possibly busy 2-core machin
 
 def child_main(ready_file: str, run_dir: str) -> None:
     """Body of the child: a Monitor named ``monitor`` fed by a trainer-like publisher."""
-    from spotlight.actors.metrics import MetricsPublisher
-    from spotlight.actors.monitor import Monitor, MonitorConfig
+    from spotlight.actors.monitor.actor import Monitor, MonitorConfig
+    from spotlight.actors.monitor.metrics import MetricsPublisher
     from spotlight.runtime import Runtime, RuntimeConfig, run
 
     async def main(rt: Runtime) -> None:
@@ -157,7 +157,7 @@ def test_attach_to_nothing_fails_clearly(capsys: pytest.CaptureFixture[str]) -> 
 def test_state_display_json_lines_and_live_view() -> None:
     import io
 
-    from spotlight.actors.monitor import MonitorState
+    from spotlight.actors.monitor.actor import MonitorState
     from spotlight.commands.monitor import StateDisplay
 
     state = MonitorState.empty(now=1.0)

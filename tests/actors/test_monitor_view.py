@@ -9,9 +9,9 @@ from io import StringIO
 import pytest
 from rich.console import Console
 
-from spotlight.actors.metrics import MetricRecord
-from spotlight.actors.monitor import MonitorConfig, MonitorState, MonitorStore
-from spotlight.actors.monitor_view import DASH, render, sparkline
+from spotlight.actors.monitor.actor import MonitorConfig, MonitorState, MonitorStore
+from spotlight.actors.monitor.metrics import MetricRecord
+from spotlight.actors.monitor.view import DASH, render, sparkline
 
 NOW = 1_800_000_000.0
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from spotlight.actors.rollout import DrainReport
-from spotlight.actors.spot_node import NodeAgent, merge_drain_reports
+from spotlight.actors.scheduling.work import DrainReport
+from spotlight.nodes.spot import NodeAgent, merge_drain_reports
 from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
 from tests.runtime.helpers import FAST, arun
 

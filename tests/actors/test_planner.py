@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from spotlight.actors.bandit import BanditConfig, ExplorationBudget, best_group_variance
-from spotlight.actors.explorer import ExploreResult
-from spotlight.actors.planner import (
+from spotlight.actors.exploration.bandit import BanditConfig, ExplorationBudget, best_group_variance
+from spotlight.actors.exploration.explorer import ExploreResult
+from spotlight.actors.exploration.planner import (
     BatchPlan,
     PlannerActor,
     PlannerConfig,
@@ -23,7 +23,7 @@ from spotlight.actors.planner import (
     random_plan,
     seeds_for_iteration,
 )
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
 from spotlight.runtime import Actor, ActorRef, Runtime, endpoint
 from tests.runtime.helpers import FAST, arun
 
@@ -348,7 +348,7 @@ def test_off_loop_rounds_allocate_in_a_thread_and_match_the_loop_rounds(
     after round (the snapshot's random stream is adopted)."""
     import threading
 
-    from spotlight.actors.bandit import ExplorationBandit
+    from spotlight.actors.exploration.bandit import ExplorationBandit
 
     threads: list[threading.Thread] = []
     allocate = ExplorationBandit.allocate_seeds
@@ -376,7 +376,7 @@ def test_off_loop_rounds_allocate_in_a_thread_and_match_the_loop_rounds(
 
 
 def test_a_snapshot_is_independent_of_later_observations() -> None:
-    from spotlight.actors.bandit import ExplorationBandit
+    from spotlight.actors.exploration.bandit import ExplorationBandit
 
     bandit = ExplorationBandit(["a"], BanditConfig(group_size=2))
     bandit.observe("a", 1, 0.5)

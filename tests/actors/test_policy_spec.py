@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from spotlight.actors.policy_spec import PolicySpec
-from spotlight.actors.weight_slot import weights_fit
-from spotlight.models.checkpoint import load_checkpoint
-from spotlight.models.lora import LoraSettings, attach_lora, load_tunable_state, tunable_state
+from spotlight.actors.weights.policy_spec import PolicySpec
+from spotlight.actors.weights.slot import weights_fit
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.lora import attach_lora, load_tunable_state, tunable_state
+from spotlight.models.lora_settings import LoraSettings
 from tests.micro import MICRO, nudge_adapters
 
 LORA = LoraSettings(rank=2, alpha=4)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from spotlight.actors.leases import SampleRequest
-from spotlight.actors.preemption import PreemptionHandler, PreemptionReport
-from spotlight.actors.rollout import RolloutSettings, RolloutWorker
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker
+from spotlight.actors.scheduling.preemption import PreemptionHandler, PreemptionReport
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
 from spotlight.models.dit import build_policy
 from spotlight.runtime import Actor, Runtime, endpoint
 from spotlight.runtime.notice import FileNotice

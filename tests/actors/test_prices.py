@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from spotlight.actors.prices import PRICE_PRESETS, CostMeter, Prices, cost_table
-from spotlight.actors.spot_trace import parse_trace
+from spotlight.actors.spot.prices import PRICE_PRESETS, CostMeter, Prices, cost_table
+from spotlight.actors.spot.trace import parse_trace
 
 
 def test_default_prices_and_discount() -> None:

@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from spotlight.actors.prices import Prices
-from spotlight.actors.projection import (
+from spotlight.actors.spot.prices import Prices
+from spotlight.actors.spot.projection import (
     IterationsNeeded,
     ProjectionConfig,
     project,
     simulate,
 )
-from spotlight.actors.spot_trace import parse_trace
+from spotlight.actors.spot.trace import parse_trace
 
 PRICES = Prices(
     ondemand_usd_per_gpu_hour=3600.0, spot_usd_per_gpu_hour=1800.0

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from spotlight.actors.replay import (
+from spotlight.actors.spot.replay import (
     ProcessNodeLauncher,
     RecordingLauncher,
     ReplayEvent,
     TraceReplayer,
 )
-from spotlight.actors.spot_trace import parse_trace, synthesize_notices
+from spotlight.actors.spot.trace import parse_trace, synthesize_notices
+from spotlight.actors.weights.share import remove_published_by
 from spotlight.commands import cluster
 from tests.procs import process_gone, wait_for
 
@@ -150,7 +151,9 @@ def test_process_launcher_notice_and_kill(tmp_path: Path) -> None:
     async def main() -> None:
         all_pids: list[int] = []
         try:
-            async with ProcessNodeLauncher(_command(tmp_path)) as launcher:
+            async with ProcessNodeLauncher(
+                _command(tmp_path), on_reaped=remove_published_by
+            ) as launcher:
                 await launcher.add("a")
                 await launcher.add("b")
                 pa, pb = await _pids(tmp_path, "a"), await _pids(tmp_path, "b")
@@ -196,7 +199,9 @@ def test_cancelled_replay_reaps_every_child(tmp_path: Path) -> None:
         trace = parse_trace("t_s,event,node\n0,add,a\n0,add,b\n60,remove,a\n")
 
         async def replay() -> None:
-            async with ProcessNodeLauncher(_command(tmp_path)) as launcher:
+            async with ProcessNodeLauncher(
+                _command(tmp_path), on_reaped=remove_published_by
+            ) as launcher:
                 await TraceReplayer(trace, launcher, clock=clock, sleep=sleep).run()
 
         task = asyncio.create_task(replay())

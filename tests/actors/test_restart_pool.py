@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from spotlight.actors.restart_pool import RestartPoolLauncher
-from spotlight.system_config import ConfigError, SystemConfig, apply_overrides
+from spotlight.actors.spot.restart_pool import RestartPoolLauncher
+from spotlight.config import ConfigError, SystemConfig, apply_overrides
 from tests.procs import process_gone, wait_for
 
 pytestmark = [

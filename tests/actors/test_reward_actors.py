@@ -1,5 +1,5 @@
 """Reward actors: the actor, the worker processes and the client that splits batches across
-them (spotlight/actors/reward_actor.py, reward_worker.py, reward_pool.py, reward_client.py)."""
+them (spotlight/actors/rewards/actor.py, reward_worker.py, reward_pool.py, reward_client.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spotlight.actors.reward_actor import INPUT_ERROR, RewardActor, RewardActorStats
-from spotlight.actors.reward_client import RemoteReward
-from spotlight.actors.reward_pool import RewardPool, RewardPoolConfig
+from spotlight.actors.rewards.actor import INPUT_ERROR, RewardActor, RewardActorStats
+from spotlight.actors.rewards.client import RemoteReward
+from spotlight.actors.rewards.pool import RewardPool, RewardPoolConfig
 from spotlight.models.rewards import build_reward
 from spotlight.models.scenes import random_batch
 from spotlight.runtime import Runtime

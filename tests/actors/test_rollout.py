@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from spotlight.actors.leases import SampleRequest
-from spotlight.actors.rollout import RolloutSettings, RolloutWorker, WorkerStats
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker, WorkerStats
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
 from spotlight.runtime import ActorRef, Runtime
 from tests.faults.harness import read_step_logs, reference_trajectories, same_trajectory
 from tests.runtime.helpers import FAST, arun

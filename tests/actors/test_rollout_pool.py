@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from spotlight.actors.leases import SampleRequest
-from spotlight.actors.rollout import RolloutSettings, RolloutWorker
-from spotlight.actors.rollout_pool import LOCAL_WORKER, RolloutPool
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
-from spotlight.actors.trainer_loop import TrainerLoop, TrainerLoopConfig
+from spotlight.actors.rollout.pool import LOCAL_WORKER, RolloutPool
+from spotlight.actors.rollout.worker import RolloutSettings, RolloutWorker
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
+from spotlight.actors.trainer.loop import TrainerLoop, TrainerLoopConfig
 from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig, regroup
 from spotlight.models.grpo import GrpoConfig
@@ -274,7 +274,7 @@ def test_rollouts_nobody_can_sample_end_in_a_timeout_naming_the_queue() -> None:
     """A pool whose only worker holds other weights cannot serve version 0: ``sample`` gives
     up after ``timeout_s`` with RolloutTimeout naming the queue, instead of hanging; asking
     before any worker is attached is refused at once."""
-    from spotlight.actors.rollout_pool import RolloutTimeout
+    from spotlight.actors.rollout.pool import RolloutTimeout
     from spotlight.runtime.errors import SpotlightError
 
     async def main() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from spotlight.actors.leases import SampleRequest, Snapshot
-from spotlight.actors.scheduler import GroupResult, SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import GroupResult, SampleRequest, Snapshot
 from spotlight.runtime import Actor, Runtime, endpoint
 from tests.runtime.helpers import FAST, arun
 

@@ -17,16 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spotlight.actors.coordinator import Coordinator
-from spotlight.actors.explorer import ExploreSettings
-from spotlight.actors.leases import SampleRequest
-from spotlight.actors.policy_spec import PolicySpec
-from spotlight.actors.prices import Prices
-from spotlight.actors.sampling_backend import ThreadBackend
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
-from spotlight.actors.sp_explore import GROUP_ACTOR, NodeSPConfig, SPBackend
-from spotlight.actors.weight_publish import WeightPublisher
-from spotlight.actors.weight_share import remove_published_by
+from spotlight.actors.cluster.coordinator import Coordinator
+from spotlight.actors.exploration.backends import ExploreSettings, ThreadBackend
+from spotlight.actors.exploration.sp_backend import GROUP_ACTOR, NodeSPConfig, SPBackend
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
+from spotlight.actors.spot.prices import Prices
+from spotlight.actors.weights.policy_spec import PolicySpec
+from spotlight.actors.weights.publish import WeightPublisher
+from spotlight.actors.weights.share import remove_published_by
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import ActorRef, Runtime
@@ -50,7 +49,8 @@ SAMPLER = SamplerConfig(num_steps=4, noise_level=0.7, sde_window=(0, 2))
 
 def _lora_version(base: Path) -> tuple[PolicySpec, dict[str, Any]]:
     """A LoRA run's spec and a version whose adapters have moved (B starts at zero)."""
-    from spotlight.models.lora import LoraSettings, tunable_state
+    from spotlight.models.lora import tunable_state
+    from spotlight.models.lora_settings import LoraSettings
 
     spec = PolicySpec(config=MICRO, lora=LoraSettings(rank=2, alpha=4), base=str(base))
     trainer = spec.build(device="cpu")

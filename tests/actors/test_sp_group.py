@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import torch
 
-from spotlight.actors.sp_group import SPGroupConfig, SPGroupScheduler, check_group_config
-from spotlight.actors.sp_local import LocalSPCluster
+from spotlight.actors.sp.group import SPGroupConfig, SPGroupScheduler, check_group_config
+from spotlight.actors.sp.local import LocalSPCluster
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig, sample
 from spotlight.models.ulysses import largest_valid_degree, validate_degree

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from spotlight.actors.coordinator import Coordinator, CoordinatorStats
-from spotlight.actors.leases import SampleRequest
-from spotlight.actors.prices import Prices
-from spotlight.actors.scheduler import SchedulerActor, SchedulingConfig
-from spotlight.actors.weight_publish import WeightPublisher
+from spotlight.actors.cluster.coordinator import Coordinator, CoordinatorStats
+from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
+from spotlight.actors.scheduling.work import SampleRequest
+from spotlight.actors.spot.prices import Prices
+from spotlight.actors.weights.publish import WeightPublisher
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import ActorRef, Runtime
@@ -37,7 +37,7 @@ def _start(
     ready = tmp / f"{node_id}.ready"
     log = open(tmp / f"{node_id}.log", "wb")  # noqa: SIM115 - closed with the test's tmp dir
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spotlight.actors.spot_node", "--coordinator", coordinator,
+        [sys.executable, "-m", "spotlight.nodes.spot", "--coordinator", coordinator,
          "--node-id", node_id, "--notice-grace", str(GRACE_S), "--ready-file", str(ready),
          "--heartbeat-s", "0.25", "--pull-batch", "4", "--micro-batch", "4",
          "--log-level", "INFO", *extra],
@@ -191,7 +191,7 @@ def test_a_spot_node_explores_a_base_that_is_not_a_named_config(
     """The coordinator's model is the micro base checkpoint's config (no named config has its
     shapes): the node builds it from register_node's answer, loads the published micro
     weights and explores (rewards come back)."""
-    from spotlight.models.checkpoint import load_checkpoint
+    from spotlight.models.bases import load_checkpoint
 
     policy, card = load_checkpoint(micro_base)
     assert card.config.name == "micro"

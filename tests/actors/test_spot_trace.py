@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spotlight.actors.spot_trace import (
+from spotlight.actors.spot.trace import (
     SpotTrace,
     TraceError,
     load_trace,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from spotlight.actors.plan_log import PlanLog, plan_from_json, plan_seed, plan_to_json
-from spotlight.actors.planner import random_plan
-from spotlight.actors.trainer_loop import TrainerLoop, TrainerLoopConfig
+from spotlight.actors.exploration.planner import random_plan
+from spotlight.actors.trainer.loop import TrainerLoop, TrainerLoopConfig
+from spotlight.actors.trainer.plan_log import PlanLog, plan_from_json, plan_seed, plan_to_json
 from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
 from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig
@@ -252,9 +252,9 @@ def test_two_data_parallel_ranks_follow_rank_0_and_match_one_rank(
 
 
 def test_a_repeated_prompt_gets_the_planned_group_once_then_random_seeds() -> None:
-    from spotlight.actors.bandit import GroupChoice
-    from spotlight.actors.plan_log import expand_plan
-    from spotlight.actors.planner import SeedPlan
+    from spotlight.actors.exploration.bandit import GroupChoice
+    from spotlight.actors.exploration.planner import SeedPlan
+    from spotlight.actors.trainer.plan_log import expand_plan
 
     answer = SeedPlan(
         batch_id="b1",
@@ -280,11 +280,11 @@ def test_explored_mode_asks_a_real_planner_and_publishes_metrics(
 ) -> None:
     """Through the runtime: plan b{k+1}, take_groups b{k}; no explorers -> all fallbacks,
     recorded in plans.jsonl; trainer/validation/exploration records reach the monitor."""
-    from spotlight.actors.bandit import BanditConfig
-    from spotlight.actors.metrics import MetricsPublisher
-    from spotlight.actors.monitor import Monitor, MonitorConfig
-    from spotlight.actors.planner import PlannerActor, PlannerConfig
-    from spotlight.actors.scheduler import SchedulerActor
+    from spotlight.actors.exploration.bandit import BanditConfig
+    from spotlight.actors.exploration.planner import PlannerActor, PlannerConfig
+    from spotlight.actors.monitor.actor import Monitor, MonitorConfig
+    from spotlight.actors.monitor.metrics import MetricsPublisher
+    from spotlight.actors.scheduling.scheduler import SchedulerActor
     from spotlight.runtime import Runtime
 
     async def main() -> tuple[TrainerLoop, dict[str, int], object]:

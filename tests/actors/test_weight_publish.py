@@ -26,13 +26,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from spotlight.actors.weight_publish import (
+from spotlight.actors.weights.publish import (
     InboxStats,
     WeightInbox,
     WeightPublisher,
     WeightPublisherStats,
 )
-from spotlight.actors.weight_share import WeightManifest, flat_bytes, iter_chunks
+from spotlight.actors.weights.share import WeightManifest, flat_bytes, iter_chunks
 from spotlight.runtime import Actor, Runtime, RuntimeConfig, endpoint
 from spotlight.runtime.codec import decode_body, encode
 from tests.runtime.helpers import FAST, REPO, arun

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spotlight.actors.sp_member import SPMember, SPMemberConfig
-from spotlight.actors.weight_share import (
+from spotlight.actors.sp.member import SPMember, SPMemberConfig
+from spotlight.actors.weights.share import (
     ChunkAssembler,
     WeightManifest,
     flat_bytes,

@@ -85,7 +85,7 @@ class Launcher:
         env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
         with open(log, "ab") as err:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "spotlight.actors.worker_main", "launcher"],
+                [sys.executable, "-m", "spotlight.nodes.pull_worker", "launcher"],
                 cwd=REPO,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -180,7 +180,7 @@ class Cluster:
             env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
             with open(self.tmp / f"{name}.log", "ab") as log:
                 popen = subprocess.Popen(
-                    [sys.executable, "-m", "spotlight.actors.worker_main", *argv],
+                    [sys.executable, "-m", "spotlight.nodes.pull_worker", *argv],
                     cwd=REPO,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -412,7 +412,7 @@ async def submit_and_collect(
     scheduler restarts (retries on PeerLost/Timeout); counts duplicate deliveries."""
     import asyncio
 
-    from spotlight.actors.scheduler import SchedulerActor
+    from spotlight.actors.scheduling.scheduler import SchedulerActor
     from spotlight.runtime import Runtime, RuntimeConfig
     from spotlight.runtime.errors import SpotlightError
 

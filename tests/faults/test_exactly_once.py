@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from spotlight.actors.journal import Completed, Journal
-from spotlight.actors.leases import SampleRequest
+from spotlight.actors.scheduling.journal import Completed, Journal
+from spotlight.actors.scheduling.work import SampleRequest
 from tests.faults.harness import (
     PROMPTS,
     Cluster,

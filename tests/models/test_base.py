@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from spotlight.commands import pretrain as pretrain_cmd
-from spotlight.models import base, base_eval
-from spotlight.models.base import PretrainRecipe, ensure_base, lr_at, pretrain
-from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, save_checkpoint
+from spotlight.models import base_build, base_eval
+from spotlight.models.base import PretrainRecipe, lr_at, pretrain
+from spotlight.models.base_build import ensure_base
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
 from spotlight.models.dit import build_policy, get_config
 from spotlight.models.sampler import SamplerConfig
 
@@ -90,11 +92,11 @@ def test_ensure_base_builds_once_and_says_so(tmp_path, monkeypatch):
         builds.append(out)
         return save_checkpoint(build_policy(MICRO), out, CheckpointCard(config=MICRO, steps=1))
 
-    monkeypatch.setattr(base, "build_base", fake_build)
+    monkeypatch.setattr(base_build, "build_base", fake_build)
     log = io.StringIO()
     first = ensure_base(tmp_path, recipe=PretrainRecipe(), log=log, progress=False)
     second = ensure_base(tmp_path, recipe=PretrainRecipe(), log=log, progress=False)
-    assert first == second == base.cached_base_path(PretrainRecipe(), tmp_path)
+    assert first == second == base_build.cached_base_path(PretrainRecipe(), tmp_path)
     assert len(builds) == 1 and builds[0].name.endswith(".partial")
     assert "building the tiny base model once" in log.getvalue() and str(first) in log.getvalue()
     assert not builds[0].exists(), "the partial directory is renamed into place"
@@ -103,8 +105,8 @@ def test_ensure_base_builds_once_and_says_so(tmp_path, monkeypatch):
 
 def test_ensure_base_uses_spotlight_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SPOTLIGHT_CACHE", str(tmp_path))
-    assert base.default_cache_dir() == tmp_path
-    assert base.cached_base_path().parent == tmp_path
+    assert base_build.default_cache_dir() == tmp_path
+    assert base_build.cached_base_path().parent == tmp_path
 
 
 def test_validation_score_on_a_micro_policy():

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
+from spotlight.models.bases import load_checkpoint
 from spotlight.models.checkpoint import (
     CARD_FILE,
     WEIGHTS_FILE,
     CheckpointCard,
     CheckpointError,
-    load_checkpoint,
     read_card,
     save_checkpoint,
 )

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from spotlight.commands import train as train_cmd
-from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, save_checkpoint
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
 from spotlight.models.dit import build_policy
 from spotlight.models.flow_grpo import (
     flow_grpo_iteration,

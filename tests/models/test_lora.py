@@ -8,19 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from spotlight.models.checkpoint import CheckpointCard, load_checkpoint, save_checkpoint
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.checkpoint import CheckpointCard, save_checkpoint
 from spotlight.models.dit import DiTPolicy, build_policy
 from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.lora import (
     AdapterFreeReference,
-    LoraSettings,
     adapters_disabled,
     attach_lora,
     load_tunable_state,
     save_diffusers_lora,
     tunable_state,
 )
+from spotlight.models.lora_settings import LoraSettings
 from spotlight.models.sampler import SamplerConfig
 from tests.micro import nudge_adapters
 

@@ -8,8 +8,9 @@ import shutil
 import pytest
 
 from spotlight.models import shipped
-from spotlight.models.base import ensure_base
-from spotlight.models.checkpoint import WEIGHTS_FILE, load_checkpoint, read_card
+from spotlight.models.base_build import ensure_base
+from spotlight.models.bases import load_checkpoint
+from spotlight.models.checkpoint import WEIGHTS_FILE, read_card
 from spotlight.models.dit import get_config
 
 
