@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: install run test test-all lint bench clean
+.PHONY: install run test test-all lint bench clean sky-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# SkyPilot in a venv of its own: it pins click<8.2, which our stack's huggingface-hub
+# outgrew, and launching recipes needs neither torch nor spotlight. tests/test_deploy.py
+# loads deploy/skypilot/ with it (deploy/check_skypilot.py) once .venv-sky/.installed exists.
+SKY_VENV ?= .venv-sky
+SKYPILOT ?= skypilot==0.14.1
+$(SKY_VENV)/.installed:
+	$(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/pip install -q --disable-pip-version-check $(SKYPILOT)
+	touch $@
+
+sky-venv: $(SKY_VENV)/.installed
 
 run: install
 	$(VENV)/bin/spotlight run $(ARGS)
@@ -37,4 +49,4 @@ lint: install
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SKY_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -26,7 +26,7 @@
 #                         [SPOTLIGHT_SHUTDOWN_TIMEOUT, default 300]
 #   --python PATH         interpreter with spotlight installed [SPOTLIGHT_PYTHON, default:
 #                         the repository's .venv/bin/python if present, else python3]
-#   --dry-run             print the torchrun command instead of running it
+#   --dry-run             print the torchrun command instead of running it [SPOTLIGHT_DRY_RUN=1]
 #   -h, --help            this text
 #
 # Give `spotlight run` a --run-dir (on a shared file system with several nodes): every rank
@@ -41,7 +41,8 @@
 # Networking: by default the coordinator binds 127.0.0.1 (a single machine). For spot nodes
 # on other machines pass `--listen 0.0.0.0:PORT` (and --advertise-host NAME if the host name
 # is not what others should dial) and export the same secret in SPOTLIGHT_CLUSTER_TOKEN here
-# and on every spot node: the runtime refuses to bind beyond loopback without it. Pass
+# and on every spot node: the runtime refuses to bind beyond loopback without it (and this
+# script refuses to start torchrun with such a --listen and no token). Pass
 # `--ready-file F` to have rank 0 write its address to F once it serves (launch_spot.sh
 # --ready-file F reads it on a shared file system).
 #
@@ -100,7 +101,7 @@ rdzv_endpoint="${SPOTLIGHT_RDZV_ENDPOINT:-}"
 rdzv_id="${SPOTLIGHT_RDZV_ID:-spotlight}"
 shutdown_timeout="${SPOTLIGHT_SHUTDOWN_TIMEOUT:-300}"
 python="${SPOTLIGHT_PYTHON:-}"
-dry_run=0
+dry_run="${SPOTLIGHT_DRY_RUN:-0}"
 
 need() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"; }
 
@@ -145,7 +146,29 @@ else
 fi
 launcher+=(-m spotlight.cli run "$@")
 
-if [[ "$dry_run" -eq 1 ]]; then
+# `spotlight run --listen HOST:PORT` beyond loopback needs the token: say so once, here,
+# rather than once per torchrun worker.
+listen=""
+for ((i = 1; i <= $#; i++)); do
+    arg="${!i}"
+    case "$arg" in
+        --listen=*) listen="${arg#--listen=}" ;;
+        --listen) j=$((i + 1)); listen="${!j:-}" ;;
+    esac
+done
+if [[ -n "$listen" && -z "${SPOTLIGHT_CLUSTER_TOKEN:-}" ]]; then
+    listen_host="${listen%:*}"
+    listen_host="${listen_host#[}"
+    case "${listen_host%]}" in
+        127.* | localhost | ::1) ;;
+        *) die "--listen $listen serves beyond loopback, which needs the cluster token: export" \
+            "SPOTLIGHT_CLUSTER_TOKEN (a shared secret, e.g. \$(openssl rand -hex 32); the same" \
+            "on every spot node; SkyPilot: --secret SPOTLIGHT_CLUSTER_TOKEN, Kubernetes: the" \
+            "Secret spotlight-token, docs/deploy.md)" ;;
+    esac
+fi
+
+if [[ "$dry_run" == 1 ]]; then
     printf '%q ' "${launcher[@]}"
     echo
     exit 0

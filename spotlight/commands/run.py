@@ -35,6 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spotlight.commands.run_resume import (
+    CONFIG_FILE,
+    auto_resume,
+    format_changes,
+    recover_checkpoint,
+    settings_diff,
+    stored_config,
+)
 from spotlight.config import ConfigError, SystemConfig, apply_overrides, load_config
 from spotlight.nodes.ondemand import Controller, Outcome
 from spotlight.nodes.ondemand_rewards import reward_summary
@@ -46,11 +54,10 @@ __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger("spotlight.commands.run")
 
-CONFIG_FILE = "config.json"
-
 EPILOG = """\
-configuration: defaults < --config FILE (YAML or TOML; see configs/default.yaml) < plain
-flags < --set section.key=value. Sections: run (iterations, time_budget_s, val_every,
+configuration: defaults < --config FILE|PRESET (YAML or TOML; presets: tiny-cpu,
+qwen-image-lora-h100) < plain flags < --set section.key=value; `spotlight config show
+[--config ...] [--set ...]` prints the result with every key's doc. Sections: run (iterations, time_budget_s, val_every,
 ckpt_every, seed, run_dir), trainer (seeds: random|explored, base, reward, lr, group_size,
 prompts_per_iter, objective: flow_grpo|nft, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale,
 notice_s, gpus_per_node, sp_degree, ondemand_gpus, ...), prices (preset, ondemand_usd_per_gpu_hour,
@@ -76,6 +83,7 @@ examples:
   spotlight run --config configs/default.yaml --set trainer.seeds=random
   spotlight run --no-spot --iterations 4 --run-dir runs/quick
   spotlight run --resume runs/quick --iterations 8
+  spotlight run --run-dir /shared/runs/a --resume auto   # the same command on every restart
 """
 
 
@@ -84,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument(
         "--config",
-        metavar="FILE",
-        help="YAML or TOML config file (default: built-in defaults, as in configs/default.yaml)",
+        metavar="FILE|PRESET",
+        help="YAML or TOML config file, or a preset name (tiny-cpu, qwen-image-lora-h100; "
+        "default: built-in defaults, as in configs/default.yaml)",
     )
     parser.add_argument(
         "--set",
@@ -102,9 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume",
-        metavar="DIR",
+        metavar="DIR|auto",
         help="continue the run in DIR from its last checkpoint, with its config.json "
-        "(--set and --iterations still apply)",
+        "(--set and --iterations still apply; changes are printed). auto (with --run-dir): "
+        "continue --run-dir if it holds this run's checkpoint, start it if it is empty, "
+        "refuse another run's (run.resume=auto; what a cluster that re-runs one command "
+        "needs)",
     )
     parser.add_argument(
         "--iterations", type=int, metavar="N", help="trainer iterations (run.iterations)"
@@ -142,8 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------- config
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[SystemConfig, Path, bool]:
-    """The config, the run directory and whether this is a resume; ConfigError if bad."""
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The plain flags as ``{"section.key": value}`` (they override the file, --set them)."""
     flags: dict[str, Any] = {}
     if args.iterations is not None:
         flags["run.iterations"] = args.iterations
@@ -161,35 +173,74 @@ def resolve_config(args: argparse.Namespace) -> tuple[SystemConfig, Path, bool]:
         else:
             flags["spot.enabled"] = True
             flags["spot.pool"] = args.spot_pool
-    if args.resume is not None:
-        if args.config is not None or args.run_dir is not None:
-            raise ConfigError(
-                "--resume DIR continues with DIR/config.json; do not combine it with "
-                "--config or --run-dir (use --set to change a setting)"
-            )
-        run_dir = Path(args.resume)
-        stored = run_dir / CONFIG_FILE
-        if not stored.is_file():
-            raise ConfigError(f"--resume {run_dir}: no {CONFIG_FILE} there (not a run directory)")
-        cfg = SystemConfig.from_dict(json.loads(stored.read_text()))
-        if flags:
-            merged = cfg.to_dict()
-            for key, value in flags.items():
-                section, name = key.split(".")
-                merged[section][name] = value
-            cfg = SystemConfig.from_dict(merged)
-        return apply_overrides(cfg, args.overrides), run_dir, True
+    if args.resume == "auto":
+        flags["run.resume"] = "auto"
+    return flags
+
+
+def _say(text: str) -> None:
+    """A line for the person at the terminal; DP followers (ranks > 0) stay quiet."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"spotlight run: {text}", file=sys.stderr, flush=True)
+
+
+def _resume_explicit(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[SystemConfig, Path]:
+    """``--resume DIR``: DIR's stored config, then the flags and --set (changes printed)."""
+    if args.config is not None or args.run_dir is not None:
+        raise ConfigError(
+            "--resume DIR continues with DIR/config.json; do not combine it with "
+            "--config or --run-dir (use --set to change a setting, or --run-dir DIR "
+            "--resume auto to run the same command every time)"
+        )
+    run_dir = Path(args.resume)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"--resume {run_dir}: no {CONFIG_FILE} there (not a run directory)")
+    stored = stored_config(run_dir)
+    merged = stored.to_dict()
+    for key, value in flags.items():
+        section, name = key.split(".")
+        merged[section][name] = value
+    cfg = apply_overrides(SystemConfig.from_dict(merged), args.overrides)
+    recover_checkpoint(run_dir)
+    changes = settings_diff(stored, cfg)
+    if changes:
+        _say(f"resuming {run_dir} with changed settings:\n{format_changes(changes)}")
+    return cfg, run_dir
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[SystemConfig, Path, bool]:
+    """The config, the run directory and whether this is a resume; ConfigError if bad."""
+    flags = _flags(args)
+    if args.resume is not None and args.resume != "auto":
+        cfg, run_dir = _resume_explicit(args, flags)
+        return cfg, run_dir, True
     cfg = load_config(args.config, overrides=args.overrides, flags=flags)
+    auto = cfg.run.resume == "auto"
     if args.run_dir is not None:
         run_dir = Path(args.run_dir)
     elif cfg.run.run_dir is not None:
         run_dir = Path(cfg.run.run_dir)
+    elif auto:
+        raise ConfigError(
+            "--resume auto needs the run directory to continue or start: give --run-dir DIR "
+            "(or run.run_dir), the same on every attempt"
+        )
     else:
         run_dir = Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    if auto:
+        plan = auto_resume(run_dir, cfg)
+        if plan.resume:
+            _say(f"resuming {run_dir} from its checkpoint (iteration {plan.iteration})")
+        else:
+            _say(f"{run_dir}: {plan.reason}")
+        if plan.changes:
+            _say(f"settings changed since {run_dir}'s last start:\n{format_changes(plan.changes)}")
+        return cfg, run_dir, plan.resume
     if (run_dir / "checkpoint").exists():
         raise ConfigError(
             f"run directory {run_dir} already holds a run; use --resume {run_dir} to continue "
-            "it or pick another --run-dir"
+            "it, --resume auto to continue it when it has a checkpoint and start it otherwise, "
+            "or pick another --run-dir"
         )
     return cfg, run_dir, False
 

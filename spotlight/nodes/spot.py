@@ -1,7 +1,7 @@
 """A spot node process: joins the coordinator, explores seeds, leaves cleanly on a notice.
 
     python -m spotlight.nodes.spot --coordinator tcp://H:P --node-id N \\
-        [--notice-grace S] [--ready-file F] [--gpus G] [--sp-degree D] [--threads T]
+        [--platform P] [--notice-grace S] [--ready-file F] [--gpus G] [--sp-degree D]
 
 (also what ``scripts/launch_spot.sh`` runs). Map of one process::
 
@@ -16,11 +16,11 @@
       ├─ the answer offers rollouts (``rollouts``: the trainer's rollout scheduler): spawn
       │    "rollout" (RolloutWorker: pulls the trainer's on-policy requests, weights from the
       │    publisher) and register_rollout_worker(N, it) so weights flow to it too
-      ├─ spawn "node" (NodeAgent) and "preemption" (PreemptionHandler, SIGTERM notice
-      │    with --notice-grace seconds of lead)
+      ├─ spawn "node" (NodeAgent) and "preemption" (PreemptionHandler: SIGTERM and the
+      │    --platform's metadata notices, leads per runtime/notice/platforms.py)
       ├─ write --ready-file (runtime address), then wait for one of:
       │    * the handler's on_exit: node_left(N, report) ask, exit 0 before the deadline
-      │    * SIGINT (or SIGTERM without --notice-grace): node_left(N, None), exit 0
+      │    * SIGINT (or SIGTERM with no notice flags): node_left(N, None), exit 0
       │    * the coordinator lost: re-register for --coordinator-lost-s, else exit 0
       ├─ SP group stopped (members stand by, SIGTERM, SIGKILL after 1 s, reaped by PID)
     ▼
@@ -70,11 +70,11 @@ from spotlight.actors.rollout.worker import Occupancy, RolloutWorker
 from spotlight.actors.scheduling.preemption import PreemptionHandler, PreemptionReport
 from spotlight.actors.scheduling.work import DrainReport, sampler_from_dict
 from spotlight.actors.weights.policy_spec import PolicySpec
+from spotlight.nodes.notice_args import add_notice_arguments, notice_setup
 from spotlight.nodes.process import add_join_arguments, write_atomic
 from spotlight.runtime import Actor, ActorRef, Runtime, RuntimeConfig, endpoint
 from spotlight.runtime.config import TOKEN_ENV
 from spotlight.runtime.errors import SpotlightError
-from spotlight.runtime.notice import SignalNotice
 from spotlight.runtime.peers import PeerEvents
 
 INCARNATION = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -149,6 +149,17 @@ def merge_drain_reports(node_id: str, reports: list[DrainReport]) -> DrainReport
     )
 
 
+def unreachable_message(address: str, within_s: float, exc: BaseException) -> str:
+    """What to check when the coordinator never answered (the usual causes, in order)."""
+    return (
+        f"the coordinator at {address} did not answer register_node within {within_s:g} s "
+        f"(last error: {exc!r}). Check that `spotlight run` is up and serving there (it prints "
+        "its address in its start event; --listen 0.0.0.0:PORT to serve beyond loopback), "
+        "that the port is open between the machines (a Kubernetes Service, SkyPilot ports:), "
+        f"and that ${TOKEN_ENV} is the coordinator's"
+    )
+
+
 def _left(deadline: float) -> float:
     """Seconds we may still wait before ``deadline`` (``time.time()``), at least 0.1."""
     return max(0.1, deadline - time.time() - _EXIT_MARGIN_S)
@@ -179,7 +190,7 @@ async def _register(
             return answer
         except (SpotlightError, TimeoutError) as exc:
             if time.monotonic() + 0.5 >= give_up:
-                log.error("could not register with the coordinator: %r", exc)
+                log.error(unreachable_message(args.coordinator, within_s, exc))
                 return None
             log.info("register_node failed (%r); retrying", exc)
             await asyncio.sleep(0.5)  # a retry pace, not synchronisation
@@ -265,14 +276,15 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             coordinator=coordinator,
             call_timeout_s=args.call_timeout_s,
         )
-        if args.notice_grace is not None:
+        notice = notice_setup(args)
+        if notice is not None:
             await rt.spawn(
                 PreemptionHandler,
                 name="preemption",
                 worker=agent,
                 worker_id=args.node_id,
-                sources=[SignalNotice(("SIGTERM",), grace_s=args.notice_grace)],
-                default_lead_s=args.notice_grace,
+                sources=notice[0],
+                default_lead_s=notice[1],
                 on_exit=on_exit,
             )
         else:
@@ -393,13 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator-name", default="coordinator", help="the coordinator actor")
     p.add_argument("--node-id", required=True, help="this node's id (unique in the run)")
     p.add_argument("--gpus", type=int, default=1, help="GPUs billed for this node")
-    p.add_argument(
-        "--notice-grace",
-        type=float,
-        default=None,
-        help="SIGTERM is a preemption notice with this many seconds of lead (unset: SIGTERM "
-        "leaves at once, without a preemption)",
-    )
+    add_notice_arguments(p)
     p.add_argument(
         "--bind-host",
         default="127.0.0.1",
@@ -431,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    for name in ("notice_grace", "register_timeout_s", "coordinator_lost_s"):
+    for name in ("notice_grace", "notice_lead", "register_timeout_s", "coordinator_lost_s"):
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 seconds, got {value}")
@@ -441,6 +447,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0 seconds, got {value}")
     if args.gpus < 0:
         raise SystemExit(f"--gpus must be >= 0, got {args.gpus}")
+    try:
+        notice_setup(args)  # checked before anything starts
+    except ValueError as exc:
+        raise SystemExit(f"spot node: {exc}") from None
     if args.sp_degree < 1:
         raise SystemExit(f"--sp-degree must be >= 1, got {args.sp_degree}")
     if args.sp_degree > max(args.gpus, 1):

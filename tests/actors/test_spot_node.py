@@ -24,6 +24,7 @@ from spotlight.actors.weights.publish import WeightPublisher
 from spotlight.models.dit import build_policy
 from spotlight.models.sampler import SamplerConfig
 from spotlight.runtime import ActorRef, Runtime
+from spotlight.runtime.config import TOKEN_ENV
 from tests.runtime.helpers import FAST, REPO, arun
 
 pytestmark = pytest.mark.timeout(240)
@@ -175,6 +176,8 @@ def test_a_node_never_hangs_when_the_coordinator_is_absent_or_goes_away(tmp_path
         assert "coordinator gone" in (tmp_path / "sC.log").read_text()
         # Nobody to register with: give up after --register-timeout-s, exit status 1.
         assert await asyncio.to_thread(orphan.wait, 120) == 1
+        said = (tmp_path / "sX.log").read_text()
+        assert f"the coordinator at {nobody} did not answer" in said and TOKEN_ENV in said
 
     try:
         arun(body())
