@@ -37,8 +37,9 @@ from spotlight.actors.spot.projection import (  # noqa: E402
     cost_preset,
     load_shaped,
     project,
+    report,
+    sweep,
 )
-from spotlight.actors.spot.projection import report, sweep  # noqa: E402
 
 TRACES = ("aws_p3_32node_bamboo", "gcp_a100x1_us-east1-b_bamboo")
 QWEN = ("qwen-image-h100-512", "qwen-image-h100-1024")
@@ -52,8 +53,9 @@ def _strategies(res: Any) -> dict[str, dict[str, dict[str, float]]]:
 def _goal(res: Any) -> dict[str, Any]:
     e = res.summary("spotlight", "speedup_vs_ondemand")
     cost = res.summary("spotlight", "cost_ratio_vs_ondemand")
-    c, d = res.summary("restart", "hours_to_target"), res.summary(
-        "spotlight_no_explore", "hours_to_target"
+    c, d = (
+        res.summary("restart", "hours_to_target"),
+        res.summary("spotlight_no_explore", "hours_to_target"),
     )
     preempts = res.summary("restart", "preemptions")["hi"] > 0
     return {
@@ -129,7 +131,9 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             "traces": conditions,
             "assumptions": assume.to_dict(),
             "iterations_to_target": iters.to_dict(),
-            "presets": {p: {"gpu": c.gpu, "sources": list(c.sources)} for p, c in COST_PRESETS.items()},
+            "presets": {
+                p: {"gpu": c.gpu, "sources": list(c.sources)} for p, c in COST_PRESETS.items()
+            },
             "statistics": "median over trace start offsets at the median iterations and "
             "speed-up; lo/hi = min/max over every start offset x iterations x speed-up",
         },

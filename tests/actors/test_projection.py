@@ -134,7 +134,9 @@ def test_restart_strictly_worse_when_a_preemption_hits_a_busy_group(t_remove: fl
 def test_costs_scale_linearly_with_prices() -> None:
     base_runs, _ = _runs(SILENT)
     k = 3.7
-    meta = "#@ gpus_per_node: 1\n#@ ondemand_usd_per_gpu_hour: 13320\n#@ spot_usd_per_gpu_hour: 6660\n"
+    meta = (
+        "#@ gpus_per_node: 1\n#@ ondemand_usd_per_gpu_hour: 13320\n#@ spot_usd_per_gpu_hour: 6660\n"
+    )
     shaped = parse_shaped(meta + "t_s,event,node\n" + SILENT, source="k.csv")
     res = project(shaped, preset=TINY, assume=ASSUME, iters=TWO_ITERS, starts=[0.0])
     for s, r in res.runs[res.median_scenario()].items():

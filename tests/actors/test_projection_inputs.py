@@ -61,7 +61,7 @@ def test_cap_larger_than_the_trace_offers_is_refused() -> None:
 
 @pytest.mark.parametrize("bad", [0.0, -3.0])
 def test_non_positive_iterations_are_refused(bad: float) -> None:
-    with pytest.raises(ValueError, match="iterations to target must be > 0.*--iters"):
+    with pytest.raises(ValueError, match=r"iterations to target must be > 0.*--iters"):
         IterationsToTarget(random=Range(bad, bad, bad), selection_speedup=Range(1, 1, 1))
     with pytest.raises(ValueError, match="selection speed-up must be > 0"):
         IterationsToTarget(random=Range(5, 5, 5), selection_speedup=Range(bad, bad, bad))
@@ -91,7 +91,9 @@ def test_measured_defaults_match_the_result_files() -> None:
     assert tiny.sample_step_s == e2e["step_gpu_s"]
     assert tiny.train_gpu_s == pytest.approx(e2e["train_step_s"])
     assert tiny.sp_reform_s == sp["reform_p50_s"] and tiny.sp_join_s == sp["join_p50_s"]
-    restart = min(sp["detail"]["restart"], key=lambda r: abs(r["total"] - sp["restart_baseline_p50_s"]))
+    restart = min(
+        sp["detail"]["restart"], key=lambda r: abs(r["total"] - sp["restart_baseline_p50_s"])
+    )
     assert tiny.process_launch_s == restart["launch_and_load"]
     assert tiny.version_bytes_full == lora["version_bytes_full"]
     q = COST_PRESETS["qwen-image-h100-512"]
