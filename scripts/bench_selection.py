@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import platform
 import sys
@@ -98,10 +99,10 @@ def run_arm(
     base: str,
     args,
     val: tuple[list[str], list[int]],
-    snapshots: dict[int, DiTPolicy] | None = None,
+    snapshots: dict[int, Any] | None = None,
 ) -> dict:
     """One RL run; returns its validation curve, samples spent and advantage statistics.
-    ``snapshots``: iteration -> None entries are filled with a copy of the policy there."""
+    ``snapshots``: iteration -> None entries are filled with the policy's state dict there."""
     torch.manual_seed(rl_seed)
     cfg = algo_config(args)
     policy, _ = load_checkpoint(base)
@@ -287,6 +288,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-per-kind", type=int, default=12)
     ap.add_argument("--val-seeds", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("runs") / "bench_selection",
+        help="finished runs are kept here; a rerun with the same settings resumes",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.rl_seeds, args.iterations, args.val_every, args.align_repeats = 2, 2, 1, 0
@@ -298,25 +305,51 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _run_one(job: tuple[str, int, str, argparse.Namespace, tuple, bool]) -> dict:
-    arm, r, base, args, val, keep = job
+def cache_dir(args: argparse.Namespace, base: str) -> Path:
+    """Where finished runs are kept, keyed by every setting that changes a run's result, so a
+    killed benchmark resumes with the runs it already has (``--cache``)."""
+    keep = ("iterations", "val_every", "prompts", "group", "candidates", "lr", "objective")
+    keep += ("kl_beta", "adv_norm", "reward", "val_per_kind", "val_seeds")
+    key = json.dumps({k: getattr(args, k) for k in keep} | {"base": base}, sort_keys=True)
+    return args.cache / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _run_one(job: tuple[str, int, str, argparse.Namespace, tuple, Path]) -> dict:
+    """One (arm, RL seed) run, read from ``cache`` when it finished before; written there
+    (atomically) when it finishes now. (random, 0) also keeps the alignment checkpoints."""
+    arm, r, base, args, val, cache = job
+    done = cache / f"{arm}-{r}.json"
+    if done.exists():
+        return json.loads(done.read_text())
     if args.jobs > 1:
         torch.set_num_threads(1)
+    keep = (arm, r) == ("random", 0)
     wanted = {max(1, args.iterations // 2): None, args.iterations: None} if keep else None
-    return run_arm(arm, r, base, args, val, wanted)
+    run = run_arm(arm, r, base, args, val, wanted)
+    snapshots = run.pop("snapshots")
+    if snapshots:
+        torch.save(snapshots, cache / "snapshots.pt")
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run))
+    tmp.replace(done)
+    return run
 
 
-def run_all(base: str, args: argparse.Namespace, val: tuple) -> list[dict]:
-    """Every (arm, RL seed) run, (random, 0) first; ``--jobs`` > 1 runs them in processes."""
-    jobs = [
-        (a, r, base, args, val, (a, r) == ("random", 0)) for r in range(args.rl_seeds) for a in ARMS
-    ]
+def run_all(base: str, args: argparse.Namespace, val: tuple) -> tuple[list[dict], dict]:
+    """Every (arm, RL seed) run, (random, 0) first, and that run's weight snapshots;
+    ``--jobs`` > 1 runs them in processes."""
+    cache = cache_dir(args, base)
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"runs are kept in {cache} (a rerun with the same settings resumes)", flush=True)
+    jobs = [(a, r, base, args, val, cache) for r in range(args.rl_seeds) for a in ARMS]
     if args.jobs <= 1:
-        return [_run_one(j) for j in jobs]
-    import multiprocessing
+        runs = [_run_one(j) for j in jobs]
+    else:
+        import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        return pool.map(_run_one, jobs, chunksize=1)
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            runs = pool.map(_run_one, jobs, chunksize=1)
+    return runs, torch.load(cache / "snapshots.pt") if args.align_repeats else {}
 
 
 def with_weights(policy: DiTPolicy, state: dict) -> DiTPolicy:
@@ -335,10 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         policy0, val[0], val[1], build_reward(args.reward), algo_config(args).sampler
     ).score
     print(f"base validation {base_score:.3f} ({len(val[0])} prompts × {len(val[1])} seeds)")
-    runs = run_all(base, args, val)
-    snapshots = runs[0].pop("snapshots")  # (random, 0) keeps the alignment checkpoints
-    for run in runs[1:]:
-        run.pop("snapshots")
+    runs, snapshots = run_all(base, args, val)
     result: dict[str, Any] = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "base": base,
