@@ -222,6 +222,10 @@ def runtime_fields(runtime: ActorHost) -> dict[str, Any]:
         "pending_calls": stats.get("pending_calls"),
         "queued_messages": stats.get("queued_messages"),
         "restarts": stats.get("restarts"),
+        # How long this process's event loop could not run (the transport's heartbeat
+        # measures it): what a soak checks stays small while torch works beside the loop.
+        "loop_lag_max_ms": stats.get("loop_lag_max_ms"),
+        "loop_stalls": stats.get("loop_stalls"),
     }
 
 

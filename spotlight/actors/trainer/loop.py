@@ -529,7 +529,11 @@ class TrainerLoop:
         start = self.iteration
         leader = self.is_leader
         if self.rollouts is not None:
-            await self.rollouts.attach(self.policy, lambda: self.weight_version)
+            # The trainer's own rollout worker steps on the trainer's torch thread (when it
+            # has one): all torch work of this process on one thread, one hot OpenMP team.
+            await self.rollouts.attach(
+                self.policy, lambda: self.weight_version, executor=self._torch_thread
+            )
         if leader:
             self.plans = PlanLog(self.run_dir / "plans.jsonl")
             self.trainer_log = RecordLog(
