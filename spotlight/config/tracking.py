@@ -41,7 +41,9 @@ class TrackingSection:
 
     def __post_init__(self) -> None:
         if not isinstance(self.tensorboard, bool):
-            raise ConfigError(f"tracking.tensorboard must be true or false, got {self.tensorboard!r}")
+            raise ConfigError(
+                f"tracking.tensorboard must be true or false, got {self.tensorboard!r}"
+            )
         if self.wandb not in _WANDB_MODES:
             raise ConfigError(f"tracking.wandb={self.wandb!r}; valid: {', '.join(_WANDB_MODES)}")
         if not isinstance(self.val_images, int) or not 0 <= self.val_images <= 64:

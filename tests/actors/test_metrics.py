@@ -150,7 +150,7 @@ def test_publisher_without_monitor_drops_and_counts() -> None:
         with pytest.raises(ValueError, match=r"'trainer' record \(TrainerRecord\): loss missing"):
             pub.publish("trainer", **{k: v for k, v in trainer_fields(2).items() if k != "loss"})
         with pytest.raises(ValueError, match=r"iteration='3' is not int"):
-            pub.publish("trainer", **trainer_fields(2, iteration="3"))
+            pub.publish("trainer", **(trainer_fields(2) | {"iteration": "3"}))
         await pub.close()
         assert not pub.publish("trainer", x=1)  # closed: ignored, never raises
 

@@ -107,11 +107,11 @@ def test_every_section_renders_from_a_synthetic_state() -> None:
     assert "od-0" in text and "on-dem" in text and "spot-5" in text
     for status in ("alive", "notice", "gone"):
         assert status in text
-    assert "7 nodes: 4 alive 1 notice 2 gone · 1.83 GPU-h · $9.08" in text
-    assert "spot $4.98) · $36.86/h now" in text
+    assert "7 nodes: 4 alive 1 notice 2 gone · 1.83 GPU-h" in text
+    assert "$9.08 (on-demand $4.10, spot $4.98) · $36.86/h now" in text
     # actors and SP groups: epoch, degree, restarts
     assert "sp/spot-0" in text and "SP group" in text and "sampling" in text
-    assert "scheduler  Schedule…  127.0.…      2    —  running ↻1" in text
+    assert "scheduler  Schedule…  od-0      2    —  running ↻1" in text
     # trainer and validation
     assert "iter 59  loss 0.001667  zero-std 12%  4.8 s" in text
     assert "reward 0.697 ± 0.200" in text

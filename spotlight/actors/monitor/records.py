@@ -105,7 +105,8 @@ class Record:
 
 
 @cache
-def _schema(cls: type[Record]) -> dict[str, tuple[Any, bool]]:
+def _schema(cls: Any) -> dict[str, tuple[Any, bool]]:
+    """field name -> (annotation, required) of a record class (computed once per class)."""
     hints = typing.get_type_hints(cls)
     return {
         f.name: (

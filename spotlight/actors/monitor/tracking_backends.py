@@ -67,7 +67,7 @@ class WandbBackend:
             id=config.wandb_id,
             name=config.wandb_id,
             resume="allow",
-            mode=config.wandb,
+            mode="offline" if config.wandb == "offline" else "online",
             dir=str(directory),
             config=config.config,
             settings=wandb.Settings(console="off", quiet=True),

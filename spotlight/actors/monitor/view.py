@@ -164,6 +164,20 @@ def _newest(state: MonitorState, cls: type[R]) -> tuple[str, R | Unreadable] | N
     return source, rec
 
 
+def _newest_into(sec: Table, state: MonitorState, cls: type[R]) -> tuple[str, R] | None:
+    """The newest readable record of ``cls``; otherwise writes "—" (nobody reported) or
+    the unreadable line into ``sec`` and returns None."""
+    newest = _newest(state, cls)
+    if newest is None:
+        sec.add_row(DASH)
+        return None
+    source, rec = newest
+    if isinstance(rec, Unreadable):
+        sec.add_row(rec.text())
+        return None
+    return source, rec
+
+
 # ============================================================================ sections
 
 
@@ -206,19 +220,19 @@ def _nodes(state: MonitorState, max_rows: int) -> RenderableType:
     tally = " ".join(
         f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], 3))
     )
-    summary = f"{len(good)} nodes: {tally}"
+    summary = [f"{len(good)} node{'s' if len(good) != 1 else ''}: {tally}"]
     cost = _newest(state, CostRecord)
     if cost is not None and isinstance(cost[1], CostRecord):  # the metered bill
         c = cost[1]
-        summary += (
-            f" · {c.ondemand_gpu_hours + c.spot_gpu_hours:,.2f} GPU-h · ${c.total_usd:,.2f} "
-            f"(on-demand ${c.ondemand_usd:,.2f}, spot ${c.spot_usd:,.2f}) · "
-            f"${c.usd_per_hour:,.2f}/h now"
+        summary[0] += f" · {c.ondemand_gpu_hours + c.spot_gpu_hours:,.2f} GPU-h"
+        summary.append(
+            f"${c.total_usd:,.2f} (on-demand ${c.ondemand_usd:,.2f}, spot ${c.spot_usd:,.2f})"
+            f" · ${c.usd_per_hour:,.2f}/h now"
         )
     else:
         gpu_h = sum(r.gpu_hours for _s, _t, r in good)
-        summary += f" · {gpu_h:,.2f} GPU-h · ${sum(r.cost_usd for _s, _t, r in good):,.2f}"
-    return Group(table, Text(summary), *bad)
+        summary[0] += f" · {gpu_h:,.2f} GPU-h · ${sum(r.cost_usd for _s, _t, r in good):,.2f}"
+    return Group(table, *(Text(line) for line in summary), *bad)
 
 
 def _actors(state: MonitorState, max_rows: int) -> RenderableType:
@@ -272,9 +286,8 @@ def _history(state: MonitorState, cls: type[R], source: str) -> list[R]:
 
 def _trainer(state: MonitorState, spark_width: int) -> RenderableType:
     sec = _section("Trainer")
-    newest = _newest(state, TrainerRecord)
-    if newest is None or isinstance(newest[1], Unreadable):
-        sec.add_row(newest[1].text() if newest else DASH)
+    newest = _newest_into(sec, state, TrainerRecord)
+    if newest is None:
         return sec
     src, t = newest
     reward = _num(t.reward_mean, "{:.3f}") + f" ± {_num(t.reward_std, '{:.3f}')}"
@@ -293,9 +306,8 @@ def _trainer(state: MonitorState, spark_width: int) -> RenderableType:
 
 def _validation(state: MonitorState, spark_width: int) -> RenderableType:
     sec = _section("Validation")
-    newest = _newest(state, ValidationRecord)
-    if newest is None or isinstance(newest[1], Unreadable):
-        sec.add_row(newest[1].text() if newest else DASH)
+    newest = _newest_into(sec, state, ValidationRecord)
+    if newest is None:
         return sec
     src, v = newest
     scores = [r.score for r in _history(state, ValidationRecord, src)]
@@ -334,9 +346,8 @@ def _scheduler(state: MonitorState) -> RenderableType:
 
 def _exploration(state: MonitorState) -> RenderableType:
     sec = _section("Exploration")
-    newest = _newest(state, ExplorationRecord)
-    if newest is None or isinstance(newest[1], Unreadable):
-        sec.add_row(newest[1].text() if newest else DASH)
+    newest = _newest_into(sec, state, ExplorationRecord)
+    if newest is None:
         return sec
     e = newest[1]
     if e.mode == "random":
@@ -349,10 +360,12 @@ def _exploration(state: MonitorState) -> RenderableType:
     frac = e.budget_used_s / e.budget_s if e.budget_s > 0 else None
     line = f"budget {e.budget_used_s:,.1f}/{e.budget_s:,.1f} GPU-s ({_pct(frac)})"
     planner = _newest(state, PlannerRecord)
-    if planner is not None and isinstance(planner[1], PlannerRecord):
-        line += f"  {planner[1].explorers} explorers"
-    elif planner is not None:
-        sec.add_row(planner[1].text())
+    if planner is not None:
+        p = planner[1]
+        if isinstance(p, Unreadable):
+            sec.add_row(p.text())
+        else:
+            line += f"  {p.explorers} explorers"
     sec.add_row(line)
     return sec
 
