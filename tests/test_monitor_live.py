@@ -19,10 +19,9 @@ from spotlight.actors.monitor.actor import MonitorStore
 from spotlight.actors.monitor.metrics import read_jsonl
 from spotlight.actors.monitor.records import RECORDS
 from spotlight.actors.monitor.view import DASH, render
+from tests.monitor_text import PANELS, panel_bodies
 from tests.test_run_system import SMALL, _spotlight_run
 
-PANELS = ("Nodes", "Actors & SP groups", "Trainer", "Validation", "Schedulers", "Exploration",
-          "Preemptions", "Rewards", "Rollouts")  # fmt: skip
 ITERATIONS = 3
 
 
@@ -38,20 +37,6 @@ def main_job(micro_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"run_dir": run_dir, "stdout": proc.stdout}
-
-
-def _panel_bodies(text: str) -> dict[str, list[str]]:
-    """Each right-hand panel's lines (the text right of the two-column split)."""
-    bodies: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines()[1:]:
-        for part in (line[:60].strip(), line[60:].strip()):
-            if part in PANELS:
-                current = part
-                bodies[current] = []
-            elif current is not None and part:
-                bodies[current].append(part)
-    return bodies
 
 
 @pytest.mark.timeout(600)
@@ -76,7 +61,7 @@ def test_the_view_of_the_main_jobs_own_metrics_has_no_empty_panel(main_job: dict
     for title in PANELS:
         assert title in text, text
     assert "unreadable" not in text, text
-    bodies = _panel_bodies(text)
+    bodies = panel_bodies(text)
     for title in ("Trainer", "Validation", "Schedulers", "Exploration", "Preemptions"):
         assert bodies.get(title) and bodies[title][0] != DASH, (title, text)
     assert f"iter {ITERATIONS}  loss" in text
