@@ -25,6 +25,11 @@ COMMANDS: dict[str, Command] = {
         "spotlight.commands.run",
         "run the whole system: trainer, planner, explorers on a simulated spot pool, monitor",
     ),
+    "config": Command(
+        "spotlight.commands.config",
+        "the configuration: show it resolved with every key's doc, write its JSON Schema or "
+        "its reference page",
+    ),
     "demo": Command(
         "spotlight.commands.demo",
         "a live demo of the actor runtime: tensors around a ring of worker processes",

@@ -7,7 +7,7 @@ resolved tree (``config.json``) and ``--resume`` continues with exactly it.
 
 Sources, later ones win::
 
-    defaults (the dataclasses below)  <  --config FILE (YAML or TOML)  <  plain flags
+    defaults (the dataclasses below)  <  --config FILE|PRESET (YAML or TOML)  <  plain flags
     (--iterations, --run-dir, --no-spot)  <  --set section.key=value (repeatable)
 
 A file or ``--set`` naming a key that does not exist is an error naming the key and the
@@ -38,9 +38,10 @@ from typing import Any
 
 from spotlight.config.build import _coerce, _hints
 from spotlight.config.checks import ConfigError
+from spotlight.config.presets import preset_names, preset_path
 from spotlight.config.system import SystemConfig
 
-__all__ = ["apply_overrides", "load_config", "read_file"]
+__all__ = ["apply_overrides", "config_path", "load_config", "read_file"]
 
 
 def apply_overrides(config: SystemConfig, overrides: Sequence[str]) -> SystemConfig:
@@ -73,11 +74,24 @@ def apply_overrides(config: SystemConfig, overrides: Sequence[str]) -> SystemCon
     return SystemConfig.from_dict(data)
 
 
+def config_path(name: str | Path) -> Path:
+    """``--config``'s argument as a file: a path that exists, else a shipped preset's file
+    (``tiny-cpu``); ConfigError naming both when it is neither."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    preset = preset_path(str(name))
+    if preset is not None:
+        return preset
+    raise ConfigError(
+        f"--config {name}: no such file, and no preset of that name; presets: "
+        f"{', '.join(preset_names())} (spotlight config show --config NAME prints one)"
+    )
+
+
 def read_file(path: str | Path) -> dict[str, Any]:
-    """A YAML (.yaml/.yml) or TOML (.toml) config file as nested plain data."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config {p}: no such file")
+    """A YAML (.yaml/.yml) or TOML (.toml) config file, or a preset's, as nested plain data."""
+    p = config_path(path)
     text = p.read_text()
     suffix = p.suffix.lower()
     try:

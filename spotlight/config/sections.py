@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from spotlight.models.flow_grpo import FlowGrpoConfig
     from spotlight.models.lora_settings import LoraSettings
 
-__all__ = ["SEED_MODES", "PlannerSection", "RunSection", "TrainerSection"]
+__all__ = ["RESUME_MODES", "SEED_MODES", "PlannerSection", "RunSection", "TrainerSection"]
+
+RESUME_MODES = ("never", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +39,12 @@ class RunSection:
     """Run seed: prompts, random seeds, SDE noise and minibatch order derive from it."""
     run_dir: str | None = None
     """Where everything is written; None = runs/run-<date-time>."""
+    resume: Literal["never", "auto"] = "never"
+    """What to do with a run directory that already holds a run. ``never``: refuse it (continue
+    one explicitly with ``--resume DIR``). ``auto`` (``--resume auto``): continue it from its
+    checkpoint, start fresh when it is empty or has no checkpoint yet, refuse one that holds
+    another run or other files: what a cluster that re-runs the same command after every
+    restart needs (docs/deploy.md)."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "val_every", "ckpt_every"):
@@ -45,6 +53,8 @@ class RunSection:
             _positive_float("run", "time_budget_s", self.time_budget_s)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"run.seed must be an integer >= 0, got {self.seed!r}")
+        if self.resume not in RESUME_MODES:
+            raise ConfigError(f"run.resume={self.resume!r}; valid: {', '.join(RESUME_MODES)}")
 
 
 SEED_MODES = ("random", "explored")
@@ -93,6 +103,7 @@ class TrainerSection:
     nft_beta: float = 1.0
     """DiffusionNFT's β (objective: nft only)."""
     inner_epochs: int = 1
+    """Passes of GRPO updates over each iteration's rollouts (1: strictly on-policy)."""
     micro_batch: int = 32
     """Samples per forward pass (rollout and training alike)."""
     chunks_per_update: int = 2
