@@ -58,6 +58,7 @@ VARIANTS: dict[str, list[str]] = {
     "system_inline": ["--set", "rollout.workers=trainer", "--set", "rewards.workers=0"],
 }
 COMMON = [
+    "--set", "run.time_budget_s=none",  # the default 420 s budget would cut a slow run short
     "--set", "run.val_every=1000", "--set", "run.ckpt_every=1000",
     "--set", "trainer.val_per_kind=1", "--set", "trainer.val_seeds=1",
 ]  # fmt: skip
