@@ -90,11 +90,11 @@ def test_the_readme_headline_numbers_are_the_jsons() -> None:
     )
     assert f"{ex['selected_std_over_random_std']:.2f}× random" in rows["chosen groups' reward std"]
     learn = _json("learning.json")
-    row = rows["RL on the tiny testbed, 8 min"]
+    row = rows["RL on the tiny testbed, 10 min (NFT)"]
     assert f"{learn['base_val_score']:.3f} → {learn['final_val_score']:.3f}" in row
     auc = _json("selection.json")["auc_gain"]
     lo, hi = auc["paired_diff_ci95"]
-    row = rows["seed selection, paired, 5 seeds per arm"]
+    row = rows["seed selection, paired, 5 seeds per arm (Flow-GRPO, before NFT)"]
     assert f"+{auc['paired_diff_mean']:.3f} [{lo:.3f}, +{hi:.3f}]".replace("-", "−") in row
     pre = _json("preemption.json")["steps_recomputed_per_preemption"]
     row = rows["steps recomputed per preemption"]
