@@ -38,10 +38,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 __all__ = [
     "RECORDS",
@@ -89,7 +89,7 @@ class Record:
     def parse(cls: type[R], fields: Mapping[str, Any]) -> R:
         """Like :meth:`read`, but ``ValueError`` naming each bad field."""
         values, problems = {}, []
-        for name, (tp, required) in _schema(cls).items():
+        for name, (tp, required) in _schema(cast(Hashable, cls)).items():
             if name not in fields:
                 if required:
                     problems.append(f"{name} missing")
