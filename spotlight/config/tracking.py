@@ -33,6 +33,7 @@ class TrackingSection:
     """Weights & Biases: off, offline (no network or account; ``wandb sync`` later) or
     online. The W&B run id is the run directory's name, so ``--resume`` continues it."""
     wandb_project: str = "spotlight"
+    """The W&B project the run is logged under."""
     wandb_entity: str | None = None
     """W&B team or user; None = the account's default."""
     val_images: int = 8
