@@ -40,7 +40,6 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
@@ -104,17 +103,23 @@ class Record:
         return cls(**values)
 
 
-@cache
-def _schema(cls: Any) -> dict[str, tuple[Any, bool]]:
+_SCHEMAS: dict[type, dict[str, tuple[Any, bool]]] = {}
+
+
+def _schema(cls: type) -> dict[str, tuple[Any, bool]]:
     """field name -> (annotation, required) of a record class (computed once per class)."""
+    known = _SCHEMAS.get(cls)
+    if known is not None:
+        return known
     hints = typing.get_type_hints(cls)
-    return {
+    schema = _SCHEMAS[cls] = {
         f.name: (
             hints[f.name],
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
         )
         for f in dataclasses.fields(cls)
     }
+    return schema
 
 
 def _accepts(tp: Any, value: Any) -> bool:
