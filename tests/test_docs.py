@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.monitor_text import PANELS, panel_bodies
+from tests.monitor_text import PANELS, is_empty, panel_bodies
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -117,4 +117,4 @@ def test_the_readme_monitor_capture_shows_every_panel_alive() -> None:
     bodies = panel_bodies(capture)
     for panel in PANELS[:7]:  # Rewards and Rollouts appear only when they run
         assert bodies.get(panel), f"{panel} missing from the capture"
-        assert bodies[panel][0] != "—", f"{panel} is empty in the capture"
+        assert not is_empty(bodies[panel][0]), f"{panel} is empty in the capture"

@@ -8,18 +8,14 @@ import asyncio
 import json
 import time
 from collections import Counter
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
-from spotlight.actors.monitor.actor import MonitorStore
 from spotlight.actors.monitor.metrics import read_jsonl
 from spotlight.actors.monitor.records import RECORDS
-from spotlight.actors.monitor.view import DASH, render
-from tests.monitor_text import PANELS, panel_bodies
+from tests.monitor_text import PANELS, is_empty, panel_bodies, render_metrics
 from tests.test_run_system import SMALL, _spotlight_run
 
 ITERATIONS = 3
@@ -53,17 +49,11 @@ def test_the_view_of_the_main_jobs_own_metrics_has_no_empty_panel(main_job: dict
             RECORDS[r.topic].parse(r.fields)  # raises, naming the field, if one drifted
     sources = {r.source for r in records.records if r.topic == "scheduler"}
     assert sources == {"explore_scheduler", "rollout_scheduler"}
-    store = MonitorStore(clock=lambda: records.records[-1].time)
-    store.apply(records.records)
-    console = Console(file=StringIO(), width=120, height=40, record=True, color_system=None)
-    console.print(render(store.snapshot(run_dir=str(main_job["run_dir"]))))
-    text = console.export_text()
-    for title in PANELS:
-        assert title in text, text
+    text = render_metrics(main_job["run_dir"])
     assert "unreadable" not in text, text
     bodies = panel_bodies(text)
-    for title in ("Trainer", "Validation", "Schedulers", "Exploration", "Preemptions"):
-        assert bodies.get(title) and bodies[title][0] != DASH, (title, text)
+    for title in PANELS:  # every panel, Rewards and Rollouts included: the default run has both
+        assert bodies.get(title) and not is_empty(bodies[title][0]), (title, text)
     assert f"iter {ITERATIONS}  loss" in text
     assert "explore  q" in text and "rollout  q" in text
     assert f"iter {ITERATIONS}: 0 explored + 4 random seeds" in text  # no explorers: fallbacks

@@ -47,6 +47,7 @@ __all__ = ["add_arguments", "run"]
 log = logging.getLogger("spotlight.commands.run")
 
 CONFIG_FILE = "config.json"
+FINAL_STATE_TIMEOUT_S = 5.0
 
 EPILOG = """\
 configuration: defaults < --config FILE (YAML or TOML; see configs/default.yaml) < plain
@@ -223,7 +224,10 @@ class Output:
 
 
 async def _live_view(monitor: Any, out: Output) -> None:
-    """Draw the monitor's states until cancelled (a subscriber like `spotlight monitor`)."""
+    """Draw the monitor's states until cancelled (a subscriber like `spotlight monitor`).
+
+    Cancelled at the end of the run (after the trainer's metrics are flushed), it draws the
+    final state once more, so the last iteration's line is never lost between two updates."""
     from spotlight.actors.monitor.actor import MonitorState
     from spotlight.commands.monitor import StateDisplay
     from spotlight.runtime.errors import SpotlightError
@@ -231,11 +235,21 @@ async def _live_view(monitor: Any, out: Output) -> None:
     every = 2.0 if out.json_lines else 0.5
     try:
         with StateDisplay(json_lines=out.json_lines, full_state=out.full_state) as display:
-            async with monitor.subscribe.stream(every, timeout=30.0) as states:
-                async for state in states:
-                    if isinstance(state, MonitorState):
-                        display.show(state)
-    except SpotlightError as exc:
+            try:
+                async with monitor.subscribe.stream(every, timeout=30.0) as states:
+                    async for state in states:
+                        if isinstance(state, MonitorState):
+                            display.show(state)
+            except asyncio.CancelledError:
+                # An empty batch asked through the mailbox is a barrier: every record told
+                # before it has been applied when it returns (snapshot is concurrent).
+                try:
+                    await monitor.records.ask([], "", 0, timeout=FINAL_STATE_TIMEOUT_S)
+                    display.show(await monitor.snapshot.ask(timeout=FINAL_STATE_TIMEOUT_S))
+                except (SpotlightError, TimeoutError) as exc:
+                    log.warning("live view: no final state: %r", exc)
+                raise
+    except (SpotlightError, TimeoutError) as exc:
         log.warning("live view ended: %r", exc)
 
 

@@ -38,10 +38,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "RECORDS",
@@ -89,7 +88,7 @@ class Record:
     def parse(cls: type[R], fields: Mapping[str, Any]) -> R:
         """Like :meth:`read`, but ``ValueError`` naming each bad field."""
         values, problems = {}, []
-        for name, (tp, required) in _schema(cast(Hashable, cls)).items():
+        for name, (tp, required) in _schema(cls).items():
             if name not in fields:
                 if required:
                     problems.append(f"{name} missing")
@@ -104,17 +103,23 @@ class Record:
         return cls(**values)
 
 
-@cache
-def _schema(cls: Any) -> dict[str, tuple[Any, bool]]:
+_SCHEMAS: dict[type, dict[str, tuple[Any, bool]]] = {}
+
+
+def _schema(cls: type) -> dict[str, tuple[Any, bool]]:
     """field name -> (annotation, required) of a record class (computed once per class)."""
+    known = _SCHEMAS.get(cls)
+    if known is not None:
+        return known
     hints = typing.get_type_hints(cls)
-    return {
+    schema = _SCHEMAS[cls] = {
         f.name: (
             hints[f.name],
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
         )
         for f in dataclasses.fields(cls)
     }
+    return schema
 
 
 def _accepts(tp: Any, value: Any) -> bool:
