@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ocr,lora]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ocr,lora,tracking]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -46,7 +46,7 @@ What is measured (per run; definitions also written into the JSON under ``defini
   work of killed nodes, an upper bound); restarts: the restart pool's counters.
 * Noise: the std of the raw validations around a centred moving average, pooled over runs,
   next to the target gain (a crossing means something when the gain is several noises).
-* Projection (labelled so): spotlight/actors/spot/projection.py over the same trace in real time,
+* Projection (labelled so): spotlight/actors/spot/projection/ over the same trace in real time,
   from per-step costs measured in the ``ondemand`` run and the iterations to target
   measured here; every assumption is listed in the JSON and printed.
 
@@ -417,38 +417,59 @@ def projection_config(
     weight_load_s: float,
     reform_s: float,
     time_scale: float,
-) -> Any:
+) -> tuple[Any, Any]:
     """The simulator's inputs on the runs' clock: every measured wall duration x ``time_scale``.
 
     The runs replay the trace ``time_scale`` times faster than real time, so a run's
     iterations meet the trace's preemptions at that ratio. Simulating the trace in its own
     seconds with unscaled tiny-model costs instead squeezes the whole run into its first
     minute, before any spot node has loaded weights: every spot strategy then looks the same.
+    Returns ``(CostPreset, Assumptions)`` of spotlight/actors/spot/projection/ (the spot cap
+    is set later, from the trace).
     """
-    from spotlight.actors.spot.projection import ProjectionConfig
+    from spotlight.actors.spot.projection import Assumptions, CostPreset
 
     if not (math.isfinite(time_scale) and time_scale > 0):
         raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
-    return ProjectionConfig(
-        ondemand_gpus=ondemand_gpus,
-        gpus_per_node=gpus_per_node,
-        sp_degree=gpus_per_node,
-        step_gpu_s=costs["step_gpu_s"] * time_scale,
+    samples = int(costs["rollout_samples"])
+    preset = CostPreset(
+        name="measured by bench_e2e (x time_scale)",
+        gpu="cpu",
+        sample_step_s=costs["step_gpu_s"] * time_scale,
+        train_sample_step_s=costs["train_step_s"] * time_scale * ondemand_gpus / samples,
+        samples_per_iter=samples,
         denoise_steps=int(costs["denoise_steps"]),
-        rollout_samples=int(costs["rollout_samples"]),
-        train_step_s=costs["train_step_s"] * time_scale,
-        weight_load_s=weight_load_s * time_scale,
+        train_steps=1,
+        sp_degree=gpus_per_node,
+        process_launch_s=weight_load_s * time_scale,
+        group_init_s=0.0,
+        base_load_s=0.0,
         sp_reform_s=reform_s * time_scale,
+        sp_join_s=0.0,
+        version_bytes_full=0,
+        version_bytes_lora=0,
+    )
+    assume = Assumptions(
+        ondemand_gpus=ondemand_gpus,
         loss_detect_s=liveness_s() * time_scale,
         restart_scope="pool",
+        notice_s=0.0,
+        starts=1,
     )
+    return preset, assume
 
 
 def projection(
     runs: dict[str, dict[str, Any]], per_mode: dict[str, dict[str, Any]], settings: dict[str, Any]
 ) -> dict[str, Any]:
     """The discrete-event projection from measured per-step costs (labelled as such)."""
-    from spotlight.actors.spot.projection import IterationsNeeded, project
+    from spotlight.actors.spot.projection import (
+        InstanceShape,
+        IterationsToTarget,
+        Range,
+        ShapedTrace,
+        project,
+    )
     from spotlight.actors.spot.trace import load_trace, synthesize_notices
     from spotlight.config import SystemConfig
 
@@ -470,10 +491,11 @@ def projection(
         reform_s = float(data.get("reform_p50_s", reform_s))
         source = "benchmarks/results/elastic_sp.json (restart_baseline_p50_s, reform_p50_s)"
     scale = float(settings["time_scale"])
-    pc = projection_config(
+    gpn = cfg.spot.gpus_per_node
+    preset, assume = projection_config(
         costs,
         ondemand_gpus=cfg.spot.ondemand_gpu_count(1),
-        gpus_per_node=cfg.spot.gpus_per_node,
+        gpus_per_node=gpn,
         weight_load_s=weight_load_s,
         reform_s=reform_s,
         time_scale=scale,
@@ -482,22 +504,40 @@ def projection(
     if cfg.spot.notice_s > 0:
         trace = synthesize_notices(trace, cfg.spot.notice_s)
     prices = cfg.prices.build()
-    iterations = IterationsNeeded(**{m: int(v) for m, v in needed.items()})
-    res = project(trace, config=pc, prices=prices, iterations_needed=iterations)
-    out: dict[str, Any] = res.to_dict()
-    out["by_compute_scale"] = {
-        f"{k:g}": _projection_summary(
-            project(
-                trace,
-                config=replace(pc, step_gpu_s=pc.step_gpu_s * k, train_step_s=pc.train_step_s * k),
-                prices=prices,
-                iterations_needed=iterations,
-            )
+    shape = InstanceShape(
+        gpus_per_node=gpn,
+        ondemand_usd_per_gpu_hour=prices.ondemand_usd_per_gpu_hour,
+        spot_usd_per_gpu_hour=prices.spot_usd_per_gpu_hour,
+    )
+    shaped = ShapedTrace(trace, shape, Path(cfg.spot.trace).stem)
+    assume = replace(assume, spot_gpus=shaped.max_gpus())
+    od, sl = int(needed["ondemand"]), int(needed["spotlight"])
+    iterations = IterationsToTarget(
+        random=Range(od, od, od), selection_speedup=Range(od / sl, od / sl, od / sl),
+        source="bench_e2e runs (ondemand's and spotlight's iterations to target)",
+    )  # fmt: skip
+
+    def run_at(k: float) -> Any:
+        p = replace(
+            preset,
+            sample_step_s=preset.sample_step_s * k,
+            train_sample_step_s=preset.train_sample_step_s * k,
         )
-        for k in PROJECTION_COMPUTE_SCALES
+        return project(shaped, preset=p, assume=assume, iters=iterations, prices=prices)
+
+    res = run_at(1.0)
+    out: dict[str, Any] = res.to_dict(timelines=False)
+    out["iterations_needed"] = needed
+    out["by_compute_scale"] = {
+        f"{k:g}": _projection_summary(run_at(k)) for k in PROJECTION_COMPUTE_SCALES
     }
-    for s in out["strategies"].values():
-        s.pop("timeline", None)
+    out["config"] = {
+        "step_gpu_s": preset.sample_step_s,
+        "train_step_s": preset.train_gpu_s / assume.ondemand_gpus,
+        "loss_detect_s": assume.loss_detect_s,
+        "weight_load_s": preset.process_launch_s,
+        "sp_reform_s": preset.sp_reform_s,
+    }
     out["label"] = "PROJECTION (discrete-event simulation from measured per-step costs)"
     out["measured_wall_s"] = costs | {"weight_load_s": weight_load_s, "sp_reform_s": reform_s}
     out["clock"] = f"trace seconds: measured wall seconds x time_scale {scale:g}"
@@ -509,19 +549,17 @@ def projection(
         f"per-step costs measured in the ondemand run (medians, wall): one sample-step "
         f"{costs['step_gpu_s'] * 1000:.2f} ms of one device, update + reward "
         f"{costs['train_step_s']:.2f} s per iteration (the tiny model on one CPU core)",
-        f"iterations to target are the measured ones: {needed}",
-        f"weight load on (re)start {weight_load_s:.1f} s and SP re-form {reform_s:.2f} s "
-        f"(wall) from {source}; silent losses found after the runtime's liveness "
-        f"{liveness_s():.1f} s (wall)",
-        f"{cfg.spot.ondemand_gpu_count(1)} on-demand GPU(s); spot nodes of {cfg.spot.gpus_per_node} "
-        "GPU(s), one SP group per node (degree = GPUs per node); ideal SP scaling",
-        "rollouts run on on-demand + spot for restart and spotlight (projection.py's model); "
-        "spotlight explores on spot during training; restart as in the runs "
-        "(spotlight/actors/spot/restart_pool.py): one elastic job over the pool, a notice or a "
-        "silent loss restarts every spot node (each reloads the weights), the noticed node "
-        "goes down at its notice",
-        "billing: on-demand for the whole time, each spot node for its life (busy or idle), "
-        "per second, at the runs' prices",
+        f"iterations to target: strategies a-d use ondemand's measured {od} (random seeds; "
+        f"the restart run's own count {needed['restart']} is not used), e uses spotlight's {sl}",
+        f"a (re)started or new spot worker is ready {weight_load_s:.1f} s (wall) after its "
+        f"start and an SP re-form takes {reform_s:.2f} s, from {source}; silent losses found "
+        f"after the runtime's liveness {liveness_s():.1f} s (wall)",
+        f"{cfg.spot.ondemand_gpu_count(1)} on-demand GPU(s); spot nodes of {gpn} GPU(s), every "
+        "node the trace offers taken (no cap); ideal SP scaling",
+        "the model of spotlight/actors/spot/projection/ (docs/projection.md); restart as in "
+        "the runs (spotlight/actors/spot/restart_pool.py): one elastic job over the pool, any "
+        "membership change restarts every spot worker",
+        "billing: on-demand for the whole time, each held spot node while held, per second",
         f"by_compute_scale: the same with every sample-step and update x k for k in "
         f"{list(PROJECTION_COMPUTE_SCALES)} (a larger model; weight load, re-form and "
         "liveness unchanged), so the runs span more of the trace; past the trace's last "
@@ -531,18 +569,18 @@ def projection(
 
 
 def _projection_summary(res: Any) -> dict[str, Any]:
-    """The figures of one projection that the sweep compares, per strategy."""
+    """The figures of one projection that the sweep compares, per strategy (medians)."""
     return {
         name: {
-            "wall_s": r.wall_s,
-            "total_usd": r.cost.total_dollars,
-            "cost_ratio_vs_ondemand": res.ratio_vs_ondemand(name, "cost"),
-            "wall_ratio_vs_ondemand": res.ratio_vs_ondemand(name, "wall"),
-            "preemptions": r.preemptions,
-            "steps_lost": r.steps_lost,
-            "restarts": r.restarts,
+            "wall_s": res.summary(name, "hours_to_target")["median"] * 3600,
+            "total_usd": res.summary(name, "usd_to_target")["median"],
+            "cost_ratio_vs_ondemand": res.summary(name, "cost_ratio_vs_ondemand")["median"],
+            "wall_ratio_vs_ondemand": res.summary(name, "speedup_vs_ondemand")["median"],
+            "preemptions": res.summary(name, "preemptions")["median"],
+            "steps_lost": res.summary(name, "steps_lost")["median"],
+            "restarts": res.summary(name, "recoveries")["median"],
         }
-        for name, r in res.results.items()
+        for name in res.runs[res.median_scenario()]
     }
 
 
@@ -752,12 +790,12 @@ def print_table(result: dict[str, Any]) -> None:
     for name, s in proj["strategies"].items():
         pt.add_row(
             name,
-            str(s["iterations"]),
-            f"{s['wall_s'] / 3600:.3f}",
-            f"{s['cost']['total_usd']:.3f}",
-            _fmt(proj["cost_ratio_vs_ondemand"][name]),
-            _fmt(proj["wall_ratio_vs_ondemand"][name]),
-            f"{s['steps_lost']:.1f}",
+            f"{s['iterations']['median']:.0f}",
+            f"{s['hours_to_target']['median']:.3f}",
+            f"{s['usd_to_target']['median']:.3f}",
+            _fmt(s["cost_ratio_vs_ondemand"]["median"]),
+            _fmt(s["speedup_vs_ondemand"]["median"]),
+            f"{s['steps_lost']['median']:.1f}",
         )
     console.print(pt)
     for k, per in proj.get("by_compute_scale", {}).items():

@@ -234,6 +234,33 @@ def print_tables(result: dict[str, Any]) -> None:
               f"ratio {v['measured_over_predicted']}")  # fmt: skip
 
 
+def node_measured() -> dict[str, Any]:
+    """A spot node process's parameter bytes, before (each role builds its policy) and after
+    (``NodeBase``: one frozen base, adapters per role), counted by storage on the shipped
+    tiny latent base with LoRA: the code path a 20B node runs, at a size this CPU holds."""
+    from spotlight.actors.weights.node_base import NodeBase
+    from spotlight.actors.weights.policy_spec import PolicySpec
+    from spotlight.models.bases import base_config
+    from spotlight.models.lora_settings import LoraSettings
+    from spotlight.models.shared_base import storage_count
+    from spotlight.models.shipped import shipped_base
+
+    base = str(shipped_base())
+    spec = PolicySpec(config=base_config(base), lora=LoraSettings(rank=4, alpha=8), base=base)
+    before = storage_count(spec.build("cpu"), spec.build("cpu"))
+    node = NodeBase(spec, device="cpu")
+    after = storage_count(node.policy_for("explorer"), node.policy_for("rollout"))
+    return {
+        "config": f"shipped tiny latent base {Path(base).name}, LoRA r=4, explorer + rollout "
+        "worker in one process, CPU; bytes of distinct parameter/buffer storages",
+        "before_param_bytes": before.bytes,
+        "after_param_bytes": after.bytes,
+        "after_over_before": round(after.bytes / before.bytes, 3),
+        "frozen_bytes_before_after": [before.frozen_bytes, after.frozen_bytes],
+        "adapter_bytes_before_after": [before.trainable_bytes, after.trainable_bytes],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-validate", action="store_true", help="skip the CPU measurement")
@@ -242,8 +269,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only redo the CPU measurement and update the 'validation' entry of --out",
     )
+    ap.add_argument(
+        "--node-only",
+        action="store_true",
+        help="only measure a node process's parameter bytes before/after the shared base and "
+        "update the 'node_process' entry of --out",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/memory.json")
     args = ap.parse_args(argv)
+    if args.node_only:
+        result = json.loads(args.out.read_text())
+        result["node_process"] = node_measured()
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"node_process: {result['node_process']}")
+        return 0
     if args.validate_only:
         result = json.loads(args.out.read_text())
         result["validation"] = validate()
@@ -291,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         "single_node": {
             "today_two_bases_gb": pick[(1024, 1, 2)]["total_gb"],
             "shared_base_gb": pick[(1024, 1, 1)]["total_gb"],
-            "note": "one GPU hosting the explorer and the rollout worker (SP 1, 1024²)",
+            "note": "one GPU hosting the explorer and the rollout worker (SP 1, 1024²); "
+            "nodes/spot.py holds one base since issue 21 section 2 (NodeBase); node_process "
+            "measures the same change on the tiny base",
         },
+        "node_process": node_measured(),
     }
     if not args.no_validate:
         result["validation"] = validate()

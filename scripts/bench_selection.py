@@ -3,7 +3,7 @@
 Two arms from the shipped base, same prompt schedule, same validation set, ``--rl-seeds``
 independent RL runs each (run r of both arms sees the same prompts at every iteration):
 
-- ``random``: G random seeds per prompt (plain Flow-GRPO);
+- ``random``: G random seeds per prompt (plain GRPO-style sampling);
 - ``selected``: K candidate seeds per prompt sampled with θ_{k−1} (the weights before the
   previous update: what an explorer on a spot GPU holds while the trainer computes θ_k) and
   scored; the planner's choice keeps the max-variance G of them (selection.py).
@@ -23,14 +23,17 @@ Reported (``benchmarks/results/selection.json``; exact keys from issue 18):
 - why: the advantage statistics of both arms (zero-std group fraction, reward std, mean
   |advantage|), so a null result says what selection changed.
 
-Everything runs in one process on the CPU (the exploration's cost is counted in samples,
-not hidden). ``--quick`` is a smoke run (a few iterations, 2 seeds, no alignment).
+Everything runs on the CPU (the exploration's cost is counted in samples, not hidden);
+``--jobs 2`` runs two RL runs at a time in processes of one torch thread each. The default
+objective is DiffusionNFT at lr 1e-4, the setting under which the testbed learns
+(``bench_learning.py``); ``--objective flow_grpo`` measures selection under Flow-GRPO. ``--quick`` is a smoke run (a few iterations, 2 seeds, no alignment).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import platform
 import sys
@@ -47,7 +50,7 @@ from spotlight.models.base_build import ensure_base
 from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
 from spotlight.models.dit import DiTPolicy
-from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration, validate
+from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig, flow_grpo_iteration, validate
 from spotlight.models.grad_probe import cosine, policy_gradient
 from spotlight.models.grpo import GrpoConfig
 from spotlight.models.rewards import build_reward
@@ -64,10 +67,11 @@ def algo_config(args: argparse.Namespace) -> FlowGrpoConfig:
         prompts_per_iter=args.prompts,
         group_size=args.group,
         sampler=SamplerConfig(num_steps=6, noise_level=1.0, sde_window=(0, 2)),
-        grpo=GrpoConfig(clip_range=1e-2, adv_norm=args.adv_norm),
+        grpo=GrpoConfig(clip_range=1e-2, adv_norm=args.adv_norm, kl_beta=args.kl_beta),
         lr=args.lr,
         micro_batch=64,
         chunks_per_update=-(-(args.prompts * args.group) // 64),
+        objective=args.objective,
     )
 
 
@@ -95,14 +99,15 @@ def run_arm(
     base: str,
     args,
     val: tuple[list[str], list[int]],
-    snapshots: dict[int, DiTPolicy] | None = None,
+    snapshots: dict[int, Any] | None = None,
 ) -> dict:
     """One RL run; returns its validation curve, samples spent and advantage statistics.
-    ``snapshots``: iteration -> None entries are filled with a copy of the policy there."""
+    ``snapshots``: iteration -> None entries are filled with the policy's state dict there."""
     torch.manual_seed(rl_seed)
     cfg = algo_config(args)
     policy, _ = load_checkpoint(base)
     explorer = copy.deepcopy(policy)  # θ_{k−1}: the weights before the previous update
+    reference = copy.deepcopy(policy).requires_grad_(False) if args.kl_beta > 0 else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     reward = build_reward(args.reward)
     train = by_kind(scenes.prompt_split()[0])
@@ -128,6 +133,7 @@ def run_arm(
             reward,
             cfg,
             shuffle_seed=k,
+            ref_policy=reference,
         )
         explorer.load_state_dict(before)
         samples += explored + len(seeds)
@@ -136,7 +142,7 @@ def run_arm(
         if (k + 1) % args.val_every == 0 or k + 1 == args.iterations:
             record(k + 1)
         if snapshots is not None and k + 1 in snapshots:
-            snapshots[k + 1] = copy.deepcopy(policy)
+            snapshots[k + 1] = copy.deepcopy(policy.state_dict())
     print(
         f"  {arm:8s} rl-seed {rl_seed}: val {curve[0][1]:.3f} -> {curve[-1][1]:.3f} "
         f"(best {max(c[1] for c in curve):.3f}) in {time.perf_counter() - t0:.0f} s",
@@ -145,6 +151,7 @@ def run_arm(
     return {
         "arm": arm,
         "rl_seed": rl_seed,
+        "snapshots": snapshots,
         "curve": curve,
         "zero_std_group_frac": float(np.mean(zero_std)),
         "train_reward_std": float(np.mean(reward_std)),
@@ -270,12 +277,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--candidates", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--objective", default="nft", choices=OBJECTIVES)
+    ap.add_argument("--kl-beta", type=float, default=0.0, help="penalty towards the base")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="RL runs in parallel (one torch thread each)"
+    )
     ap.add_argument("--adv-norm", default="global", choices=("group", "global", "none"))
     ap.add_argument("--reward", default="checks")
     ap.add_argument("--align-repeats", type=int, default=6)
     ap.add_argument("--val-per-kind", type=int, default=12)
     ap.add_argument("--val-seeds", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("runs") / "bench_selection",
+        help="finished runs are kept here; a rerun with the same settings resumes",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.rl_seeds, args.iterations, args.val_every, args.align_repeats = 2, 2, 1, 0
@@ -285,6 +303,59 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.rl_seeds < 2:
         ap.error("--rl-seeds must be >= 2 for a paired comparison")
     return args
+
+
+def cache_dir(args: argparse.Namespace, base: str) -> Path:
+    """Where finished runs are kept, keyed by every setting that changes a run's result, so a
+    killed benchmark resumes with the runs it already has (``--cache``)."""
+    keep = ("iterations", "val_every", "prompts", "group", "candidates", "lr", "objective")
+    keep += ("kl_beta", "adv_norm", "reward", "val_per_kind", "val_seeds")
+    key = json.dumps({k: getattr(args, k) for k in keep} | {"base": base}, sort_keys=True)
+    return args.cache / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _run_one(job: tuple[str, int, str, argparse.Namespace, tuple, Path]) -> dict:
+    """One (arm, RL seed) run, read from ``cache`` when it finished before; written there
+    (atomically) when it finishes now. (random, 0) also keeps the alignment checkpoints."""
+    arm, r, base, args, val, cache = job
+    done = cache / f"{arm}-{r}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if args.jobs > 1:
+        torch.set_num_threads(1)
+    keep = (arm, r) == ("random", 0)
+    wanted = {max(1, args.iterations // 2): None, args.iterations: None} if keep else None
+    run = run_arm(arm, r, base, args, val, wanted)
+    snapshots = run.pop("snapshots")
+    if snapshots:
+        torch.save(snapshots, cache / "snapshots.pt")
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run))
+    tmp.replace(done)
+    return run
+
+
+def run_all(base: str, args: argparse.Namespace, val: tuple) -> tuple[list[dict], dict]:
+    """Every (arm, RL seed) run, (random, 0) first, and that run's weight snapshots;
+    ``--jobs`` > 1 runs them in processes."""
+    cache = cache_dir(args, base)
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"runs are kept in {cache} (a rerun with the same settings resumes)", flush=True)
+    jobs = [(a, r, base, args, val, cache) for r in range(args.rl_seeds) for a in ARMS]
+    if args.jobs <= 1:
+        runs = [_run_one(j) for j in jobs]
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            runs = pool.map(_run_one, jobs, chunksize=1)
+    return runs, torch.load(cache / "snapshots.pt") if args.align_repeats else {}
+
+
+def with_weights(policy: DiTPolicy, state: dict) -> DiTPolicy:
+    out = copy.deepcopy(policy)
+    out.load_state_dict(state)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,12 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         policy0, val[0], val[1], build_reward(args.reward), algo_config(args).sampler
     ).score
     print(f"base validation {base_score:.3f} ({len(val[0])} prompts × {len(val[1])} seeds)")
-    snapshots: dict[int, Any] = {max(1, args.iterations // 2): None, args.iterations: None}
-    runs = [
-        run_arm(arm, r, base, args, val, snapshots if (arm, r) == ("random", 0) else None)
-        for r in range(args.rl_seeds)
-        for arm in ARMS
-    ]
+    runs, snapshots = run_all(base, args, val)
     result: dict[str, Any] = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "base": base,
@@ -312,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.align_repeats:
         checkpoints = [("theta0", policy0)] + [
-            (f"random-arm iteration {k}", p) for k, p in sorted(snapshots.items())
+            (f"random-arm iteration {k}", with_weights(policy0, state))
+            for k, state in sorted(snapshots.items())
         ]
         result["grad_alignment"] = [
             alignment_at(p, label, args, args.align_repeats) for label, p in checkpoints

@@ -127,7 +127,9 @@ def test_projection_runs_from_measured_step_costs(tmp_path: Path) -> None:
     assert proj["measured_wall_s"]["step_gpu_s"] == pytest.approx(0.001)
     assert proj["measured_wall_s"]["train_step_s"] == pytest.approx(1.1)
     assert proj["assumptions"] and all(isinstance(a, str) for a in proj["assumptions"])
-    assert set(proj["strategies"]) == {"ondemand", "restart", "spotlight"}
+    assert set(proj["strategies"]) == {
+        "ondemand", "ondemand_same_gpus", "restart", "spotlight_no_explore", "spotlight",
+    }  # fmt: skip
 
 
 def test_projection_runs_on_the_runs_clock(tmp_path: Path) -> None:

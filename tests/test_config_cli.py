@@ -93,7 +93,7 @@ def test_the_schema_accepts_what_the_loader_accepts_and_rejects_misspellings(
         ({"trainer": {"lrr": 1.0}}, "Additional properties"),
         ({"spot": {"pool": "cloud"}}, "is not one of"),
         ({"run": {"iterations": "many"}}, "is not of type 'integer'"),
-        ({"tracking": {}}, "Additional properties"),
+        ({"trackng": {}}, "Additional properties"),  # an unknown section
     ):
         errors = list(validator.iter_errors(bad))
         assert errors and message in errors[0].message, (bad, errors)

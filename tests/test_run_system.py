@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from spotlight.config import ConfigError, SystemConfig, apply_overrides, load_config, read_file
+from tests.monitor_text import PANELS, is_empty, panel_bodies, render_metrics
 from tests.procs import process_gone
 
 REPO = Path(__file__).resolve().parent.parent
@@ -366,9 +367,9 @@ def test_spotlight_run_no_spot_end_to_end_and_resume(micro_base: Path, tmp_path:
     )  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stderr is not None
-        for line in proc.stdout:  # live JSON states: wait until the trainer has iterated
+        for line in proc.stdout:  # live JSON lines: wait until the trainer has iterated
             rec = json.loads(line)
-            if rec.get("event") == "state" and "trainer" in rec.get("latest", {}):
+            if rec.get("event") == "iteration":
                 break
         else:
             pytest.fail(f"no trainer state before exit: {proc.stderr.read()[-2000:]}")
@@ -527,6 +528,11 @@ def test_spotlight_run_with_the_spot_pool(micro_base: Path, tmp_path: Path, lora
     rollouts = report["rollouts"]
     assert rollouts["mode"] == "pool" and rollouts["samples_by_spot"] > 0, rollouts
     assert rollouts["samples"] == rollouts["samples_by_trainer"] + rollouts["samples_by_spot"]
+    # the monitor view of the run's own metrics: every panel alive, spot nodes and preemptions
+    text = render_metrics(run_dir)
+    bodies = panel_bodies(text)
+    assert all(bodies.get(p) and not is_empty(bodies[p][0]) for p in PANELS), text
+    assert "unreadable" not in text and "spot " in text and "with notice" in text, text
     if lora_rank:  # the versions the nodes sampled with were adapters only
         from spotlight.models.bases import load_checkpoint
 

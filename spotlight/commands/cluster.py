@@ -1,7 +1,7 @@
 """`spotlight cluster replay|project|keys`: play a spot trace; project cost; CURVE keys.
 
-``project`` runs the discrete-event projection (spotlight/actors/spot/projection.py) of the
-three strategies over a trace and prints it, labelled as a projection.
+``project`` (spotlight/commands/cluster_project.py) runs the discrete-event projection
+(spotlight/actors/spot/projection/) of the five strategies over a trace, labelled so.
 
     spotlight cluster replay --trace traces/steady_1h.csv --time-scale 60 --notice 120 \\
         --command "python -m my_node --name {node}"
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import signal
 import sys
@@ -28,12 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spotlight.actors.spot.prices import PRICE_PRESETS, CostMeter, Prices, cost_table
-from spotlight.actors.spot.projection import (
-    IterationsNeeded,
-    ProjectionConfig,
-    project,
-    summarize,
-)
 from spotlight.actors.spot.replay import (
     NodeLauncher,
     ProcessNodeLauncher,
@@ -44,6 +37,7 @@ from spotlight.actors.spot.replay import (
 )
 from spotlight.actors.spot.trace import SpotTrace, TraceError, load_trace, synthesize_notices
 from spotlight.commands.cluster_keys import add_keys_parser, run_keys
+from spotlight.commands.cluster_project import add_project_parser, run_project
 
 __all__ = ["add_arguments", "run"]
 
@@ -85,38 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rp.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
 
     add_keys_parser(sub)
-    pp = sub.add_parser(
-        "project",
-        help="projection: simulate on-demand / restart / Spotlight over a trace",
-        description="A discrete-event projection (not a measurement) of time and cost to a "
-        "target; see spotlight/actors/spot/projection.py for every assumption.",
-    )
-    pp.add_argument("--trace", type=Path, required=True, help="CSV trace (t_s,event,node)")
-    pp.add_argument("--notice", type=float, default=0.0, metavar="S", help="as for replay")
-    pp.add_argument(
-        "--iters",
-        type=int,
-        nargs=3,
-        required=True,
-        metavar=("ONDEMAND", "RESTART", "SPOTLIGHT"),
-        help="iterations each strategy needs to reach the target (measured, e.g. bench_e2e)",
-    )
-    pp.add_argument("--prices", choices=sorted(PRICE_PRESETS), default="aws-p5")
-    pp.add_argument("--spot-price", type=float, default=None, help="override USD/GPU-hour")
-    pp.add_argument("--ondemand-price", type=float, default=None, help="override USD/GPU-hour")
-    pp.add_argument("--json", action="store_true", help="print the result as JSON")
-    for f in dataclasses.fields(ProjectionConfig):
-        pp.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=type(f.default),
-            default=f.default,
-            help=f"(default {f.default})",
-        )
+    add_project_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.cluster_command == "project":
-        return _project(args)
+        return run_project(args)
     if args.cluster_command == "keys":
         return run_keys(args)
     if args.gpus_per_node < 1:
@@ -138,44 +106,6 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted: every node process was killed", file=sys.stderr)
         return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
     _summary(trace, stats, prices, args.gpus_per_node, json_mode)
-    return 0
-
-
-def _project(args: argparse.Namespace) -> int:
-    try:
-        trace = synthesize_notices(load_trace(args.trace), args.notice)
-        prices = _prices(args)
-        config = ProjectionConfig(
-            **{f.name: getattr(args, f.name) for f in dataclasses.fields(ProjectionConfig)}
-        )
-        od, rs, sl = args.iters
-        needed = IterationsNeeded(ondemand=od, restart=rs, spotlight=sl)
-        result = project(trace, config=config, prices=prices, iterations_needed=needed)
-    except (TraceError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json or not sys.stdout.isatty():
-        print(json.dumps(result.to_dict()))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title=f"PROJECTION over {trace.source} (simulated, not measured)")
-    for col in ("strategy", "iterations", "hours", "$", "x cheaper", "preemptions", "steps lost"):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
-    for name, r in result.results.items():
-        table.add_row(
-            name,
-            str(r.iterations),
-            f"{r.wall_s / 3600:.2f}",
-            f"{r.cost.total_dollars:.2f}",
-            f"{result.ratio_vs_ondemand(name, 'cost'):.2f}",
-            f"{r.preemptions} ({r.preemptions_with_notice} noticed)",
-            f"{r.steps_lost:.1f}",
-        )
-    console.print(table)
-    console.print(cost_table(summarize(result), title="Cost (projection)"))
     return 0
 
 

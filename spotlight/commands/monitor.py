@@ -1,9 +1,10 @@
 """`spotlight monitor --attach ADDRESS`: watch a running cluster's monitor.
 
 Starts a small runtime of its own, looks up the ``monitor`` actor at ADDRESS and
-consumes its ``subscribe`` stream: a rich live view on a terminal, one JSON line per state
-(``MonitorState.summary()``) otherwise or with ``--json``. Read-only: it never sends
-metrics, so attaching and detaching cannot disturb the run.
+consumes its ``subscribe`` stream: a rich live view on a terminal; otherwise (or with
+``--json``) one JSON line per event or iteration (``spotlight/actors/monitor/lines.py``),
+or with ``--full-state`` one line per state (``MonitorState.summary()``, ~2 KB each).
+Read-only: it never sends metrics, so attaching and detaching cannot disturb the run.
 
 Exit codes: 0 after ``--updates N`` states (or Ctrl-C), 1 when the monitor cannot be
 reached or goes away, 2 for bad arguments.
@@ -42,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one JSON line per update instead of the live view "
         "(automatic when stdout is not a terminal)",
+    )
+    parser.add_argument(
+        "--full-state",
+        action="store_true",
+        help="with JSON lines: print the whole monitor state each update instead of one "
+        "line per event or iteration",
     )
     parser.add_argument(
         "--every",
@@ -86,12 +93,20 @@ class StateDisplay:
     """Shows monitor states: a rich live view on a terminal, JSON lines otherwise.
 
     Shared by ``spotlight monitor`` and any command that hosts a monitor itself
-    (``spotlight run``): ``with StateDisplay(json_lines=...) as d: d.show(state)``.
+    (``spotlight run``): ``with StateDisplay(json_lines=...) as d: d.show(state)``. JSON
+    lines are one per event or iteration (:class:`EventLines`); ``full_state=True`` prints
+    the whole state's summary at every update instead.
     """
 
-    def __init__(self, *, json_lines: bool, file: TextIO | None = None) -> None:
+    def __init__(
+        self, *, json_lines: bool, full_state: bool = False, file: TextIO | None = None
+    ) -> None:
+        from spotlight.actors.monitor.lines import EventLines
+
         self.json_lines = json_lines
+        self.full_state = full_state
         self.file = file
+        self.events = EventLines()
         self._live: Any = None
 
     def __enter__(self) -> StateDisplay:
@@ -111,8 +126,12 @@ class StateDisplay:
 
     def show(self, state: MonitorState) -> None:
         if self.json_lines:
-            line = json.dumps({"event": "state", **state.summary()}, allow_nan=False)
-            print(line, file=self.file or sys.stdout, flush=True)
+            if self.full_state:
+                lines = [{"event": "state", **state.summary()}]
+            else:
+                lines = self.events.lines(state)
+            for line in lines:
+                print(json.dumps(line, allow_nan=False), file=self.file or sys.stdout, flush=True)
         elif self._live is not None:
             from spotlight.actors.monitor.view import render
 
@@ -131,7 +150,7 @@ async def _watch(args: argparse.Namespace, json_lines: bool) -> int:
         try:
             ref = await rt.lookup(args.attach, args.name, timeout=args.timeout)
             ref = rt.ref(ref.address, ref.name, cls=Monitor)  # any generation: survive restarts
-            with StateDisplay(json_lines=json_lines) as display:
+            with StateDisplay(json_lines=json_lines, full_state=args.full_state) as display:
                 async with ref.subscribe.stream(args.every, timeout=args.timeout) as states:
                     async for state in states:
                         if not isinstance(state, MonitorState):

@@ -54,6 +54,8 @@ __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger("spotlight.commands.run")
 
+FINAL_STATE_TIMEOUT_S = 5.0
+
 EPILOG = """\
 configuration: defaults < --config FILE|PRESET (YAML or TOML; presets: tiny-cpu,
 qwen-image-lora-h100) < plain flags < --set section.key=value; `spotlight config show
@@ -64,7 +66,8 @@ notice_s, gpus_per_node, sp_degree, ondemand_gpus, ...), prices (preset, ondeman
 spot_usd_per_gpu_hour), rewards (workers: reward worker processes, 0 = in process;
 actors_per_worker, chunk_images, timeout_s, start_timeout_s), rollout (workers:
 auto|pool|trainer, where the trainer's samples are drawn; pull_batch, commit_interval,
-lease_ttl_s, timeout_s). An unknown key is an error that lists the valid ones.
+lease_ttl_s, timeout_s), tracking (tensorboard, wandb: off|offline|online, wandb_project,
+val_images). An unknown key is an error that lists the valid ones.
 spot.ondemand_gpus (on-demand GPUs billed) defaults to the trainer's world size: 1 here,
 torchrun's WORLD_SIZE under scripts/launch_ondemand.sh; set it when GPUs and ranks differ
 (e.g. --set spot.ondemand_gpus=8 for one process on an 8-GPU node).
@@ -74,7 +77,7 @@ group of spot.gpus_per_node member processes at that degree, e.g. --set spot.gpu
 
 outputs in RUN_DIR: config.json, metrics.jsonl (every metric), trainer.jsonl, plans.jsonl,
 explore.journal, checkpoint/, curve.png, plots/, nodes.log (spot node output), rewards.log
-(reward worker output), report.json.
+(reward worker output), report.json; with tracking on: tensorboard/, wandb/, validation/.
 Watch a running job from another terminal: spotlight monitor --attach ADDRESS (printed at
 start). Ctrl-C stops gracefully (checkpoint, spot processes killed); twice: at once.
 
@@ -146,7 +149,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help="JSON lines instead of the rich view and tables (automatic when stdout is "
-        "not a terminal)",
+        "not a terminal): one per event or iteration",
+    )
+    parser.add_argument(
+        "--full-state",
+        action="store_true",
+        help="with JSON lines: print the whole monitor state every 2 s instead of one line "
+        "per event or iteration",
     )
     add_cluster_arguments(parser)
 
@@ -251,9 +260,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[SystemConfig, Path, bool]:
 class Output:
     """Start line, live view and report: rich on a terminal, JSON lines otherwise."""
 
-    def __init__(self, *, json_lines: bool, live: bool) -> None:
+    def __init__(self, *, json_lines: bool, live: bool, full_state: bool = False) -> None:
         self.json_lines = json_lines
         self.live = live
+        self.full_state = full_state
 
     def event(self, event: str, **fields: Any) -> None:
         if self.json_lines:
@@ -266,19 +276,32 @@ class Output:
 
 
 async def _live_view(monitor: Any, out: Output) -> None:
-    """Draw the monitor's states until cancelled (a subscriber like `spotlight monitor`)."""
+    """Draw the monitor's states until cancelled (a subscriber like `spotlight monitor`).
+
+    Cancelled at the end of the run (after the trainer's metrics are flushed), it draws the
+    final state once more, so the last iteration's line is never lost between two updates."""
     from spotlight.actors.monitor.actor import MonitorState
     from spotlight.commands.monitor import StateDisplay
     from spotlight.runtime.errors import SpotlightError
 
     every = 2.0 if out.json_lines else 0.5
     try:
-        with StateDisplay(json_lines=out.json_lines) as display:
-            async with monitor.subscribe.stream(every, timeout=30.0) as states:
-                async for state in states:
-                    if isinstance(state, MonitorState):
-                        display.show(state)
-    except SpotlightError as exc:
+        with StateDisplay(json_lines=out.json_lines, full_state=out.full_state) as display:
+            try:
+                async with monitor.subscribe.stream(every, timeout=30.0) as states:
+                    async for state in states:
+                        if isinstance(state, MonitorState):
+                            display.show(state)
+            except asyncio.CancelledError:
+                # An empty batch asked through the mailbox is a barrier: every record told
+                # before it has been applied when it returns (snapshot is concurrent).
+                try:
+                    await monitor.records.ask([], "", 0, timeout=FINAL_STATE_TIMEOUT_S)
+                    display.show(await monitor.snapshot.ask(timeout=FINAL_STATE_TIMEOUT_S))
+                except (SpotlightError, TimeoutError) as exc:
+                    log.warning("live view: no final state: %r", exc)
+                raise
+    except (SpotlightError, TimeoutError) as exc:
         log.warning("live view ended: %r", exc)
 
 
@@ -359,6 +382,7 @@ def _run(args: argparse.Namespace) -> int:
         if cfg.spot.enabled and cfg.spot.pool == "trace":
             cfg.spot.trace_path()  # a missing trace fails now, before anything starts
         check_sp_degree(cfg)
+        cfg.tracking.check_installed()
         serving = Serving.from_args(args)
     except (ConfigError, ValueError) as exc:
         print(f"spotlight run: {exc}", file=sys.stderr)
@@ -367,7 +391,7 @@ def _run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # DP followers (torchrun ranks > 0) write nothing
         (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     json_lines = bool(args.json) or not sys.stdout.isatty()
-    out = Output(json_lines=json_lines, live=not args.no_live)
+    out = Output(json_lines=json_lines, live=not args.no_live, full_state=args.full_state)
     controller = Controller(
         cfg,
         run_dir,

@@ -13,6 +13,7 @@ from spotlight.config.build import _build
 from spotlight.config.checks import ConfigError
 from spotlight.config.pool import PricesSection, RewardsSection, RolloutSection, SpotSection
 from spotlight.config.sections import PlannerSection, RunSection, TrainerSection
+from spotlight.config.tracking import TrackingSection
 
 if TYPE_CHECKING:
     from spotlight.actors.trainer.loop import TrainerLoopConfig
@@ -31,6 +32,7 @@ class SystemConfig:
     prices: PricesSection = field(default_factory=PricesSection)
     rewards: RewardsSection = field(default_factory=RewardsSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
 
     def __post_init__(self) -> None:
         try:
@@ -69,6 +71,7 @@ class SystemConfig:
             lora=self.trainer.lora(),
             explore=self.trainer.seeds == "explored",
             plan_timeout_s=self.planner.plan_timeout_s,
+            val_images=self.tracking.images_per_validation(),
             # Not when this host also runs the spot pool's explorer processes (measured 6×
             # slower).
             dedicated_torch_thread=not (self.spot.enabled and self.spot.pool == "trace"),

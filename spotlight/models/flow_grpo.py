@@ -166,6 +166,8 @@ class ValidationResult:
     per_prompt: dict[str, float]
     rewards_PS: np.ndarray
     """Raw rewards, prompts × seeds."""
+    images_uint8: np.ndarray | None = None
+    """With ``keep_images=N``: the first N prompts' images at the first seed, N×H×W×3."""
 
 
 @dataclass
@@ -520,19 +522,26 @@ def validate(
     sampler: SamplerConfig,
     *,
     micro_batch: int = 64,
+    keep_images: int = 0,
 ) -> ValidationResult:
-    """The validation score: every prompt × every seed, ODE sampler, mean reward."""
+    """The validation score: every prompt × every seed, ODE sampler, mean reward.
+
+    ``keep_images=N`` also returns the images of the first N prompts at the first seed (for
+    experiment trackers); the score does not depend on it."""
     if not prompts or not seeds:
         raise ValueError("validation needs at least one prompt and one seed")
     pairs_p = [p for p in prompts for _ in seeds]
     pairs_s = [s for _ in prompts for s in seeds]
     states, _ = generate(policy, pairs_p, pairs_s, sampler, micro_batch=micro_batch, mode="ode")
-    rewards = np.asarray(reward_fn(decode(policy, states), pairs_p), dtype=np.float64)
+    images = decode(policy, states)
+    rewards = np.asarray(reward_fn(images, pairs_p), dtype=np.float64)
     rewards_PS = rewards.reshape(len(prompts), len(seeds))
+    kept = images[: keep_images * len(seeds) : len(seeds)] if keep_images > 0 else None
     per_seed = rewards_PS.mean(axis=0)
     return ValidationResult(
         score=float(rewards_PS.mean()),
         spread=float(per_seed.std()) if len(seeds) > 1 else 0.0,
         per_prompt={p: float(r) for p, r in zip(prompts, rewards_PS.mean(axis=1), strict=True)},
         rewards_PS=rewards_PS,
+        images_uint8=None if kept is None else np.ascontiguousarray(kept),
     )

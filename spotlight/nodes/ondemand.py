@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from spotlight.config import SystemConfig
 from spotlight.nodes.ondemand_rewards import RunRewards
 from spotlight.nodes.ondemand_rollouts import rollout_stats, start_rollout_pool
+from spotlight.nodes.ondemand_stats import relay_schedulers
 from spotlight.nodes.process import write_atomic
 from spotlight.nodes.serving import Serving, watch_stop_file
 
@@ -134,6 +135,15 @@ class _Actors:
     publisher: Any
     metrics: Any
     rollouts: Any
+    relay: asyncio.Task[None] | None = None
+    """Publishes the schedulers' statistics (ondemand_stats.py) until the run closes."""
+
+    def schedulers(self) -> dict[str, ActorRef]:
+        """The node's pull schedulers by actor name (the sources of topic ``scheduler``)."""
+        out = {"explore_scheduler": self.scheduler}
+        if self.rollouts is not None:
+            out["rollout_scheduler"] = self.rollouts.scheduler
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -210,6 +220,9 @@ class Controller:
             view = None
             if self.live_view is not None:
                 view = rt.create_task(self.live_view(actors.monitor), name="live view")
+            actors.relay = rt.create_task(
+                relay_schedulers(actors.schedulers(), actors.monitor, rt), name="scheduler stats"
+            )
             if self.serving.stop_file is not None:
                 rt.create_task(watch_stop_file(self.serving.stop_file, self.stop), name="stop file")
             rewards = None
@@ -270,8 +283,14 @@ class Controller:
         from spotlight.actors.weights.publish import WeightPublisher
 
         cfg, run_dir = self.cfg, self.run_dir
+        # The policy spec first: with no base configured it builds the cached tiny base
+        # (minutes), which must not count in the monitor's uptime (its clock starts at spawn).
+        model = await asyncio.to_thread(_policy_spec, cfg, self.progress)
+        tracking = cfg.tracking.build(run_dir, cfg.to_dict())
         monitor = await rt.spawn(
-            Monitor, MonitorConfig(run_dir=str(run_dir), node_id="od0"), name="monitor"
+            Monitor,
+            MonitorConfig(run_dir=str(run_dir), node_id="od0", tracking=tracking),
+            name="monitor",
         )
         scheduler = await rt.spawn(
             SchedulerActor, journal_path=str(run_dir / "explore.journal"), name="explore_scheduler"
@@ -300,7 +319,7 @@ class Controller:
             planner=planner,
             scheduler=scheduler,
             sampler=sampler,
-            model=await asyncio.to_thread(_policy_spec, cfg, self.progress),
+            model=model,
             rollouts=rollouts.offer() if rollouts is not None else None,
             name="coordinator",
         )
@@ -374,6 +393,10 @@ class Controller:
     ) -> dict[str, Any]:
         """The actors' statistics, then weight streams and metrics flushed, the view ended."""
         stats = await _gather_stats(actors)
+        if actors.relay is not None:  # one last scheduler record was published this period
+            actors.relay.cancel("run finished")
+            with contextlib.suppress(asyncio.CancelledError):
+                await actors.relay
         stats["rollouts"] = await rollout_stats(actors.rollouts)
         # How long this process's event loop could not run (the heartbeat's own lag): a
         # stall here is why nodes re-join; see Transport._credit_own_stall.

@@ -53,6 +53,7 @@ class RunRewards:
         if cfg.rewards.workers == 0:
             return None
         from spotlight.actors.monitor.metrics import plain
+        from spotlight.actors.monitor.records import RewardsRecord
         from spotlight.actors.rewards.client import RemoteReward
         from spotlight.actors.rewards.pool import RewardPool
         from spotlight.models.rewards import build_reward
@@ -63,7 +64,8 @@ class RunRewards:
 
         def publish(stats: RemoteRewardStats) -> None:  # on the loop: the roster is read here
             if metrics is not None:
-                metrics.publish("rewards", workers=len(pool.roster.workers), **plain(stats))
+                fields = plain(stats)
+                metrics.publish_record(RewardsRecord(workers=len(pool.roster.workers), **fields))
 
         def on_call(stats: RemoteRewardStats) -> None:  # the trainer's torch thread
             loop.call_soon_threadsafe(publish, stats)

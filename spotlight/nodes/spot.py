@@ -10,6 +10,8 @@
       │       older coordinator), the trainer's sampler, weight version)
       ├─ --sp-degree D > 1: start G member processes (sp_worker, tracked by PID) and the
       │    "sp_group" SPGroupScheduler; the explorer samples through it (exploration/sp_backend.py)
+      ├─ NodeBase(spec): the node's frozen base, loaded once (weights/node_base.py); the
+      │    explorer's and the rollout worker's policies sit on it, adapters of their own
       ├─ spawn "explorer" (ExplorerActor of that model config: pulls from the scheduler)
       ├─ register_node(N, "spot", G, explorer) ─► coordinator subscribes it to the weights
       │                                           and registers it with the planner
@@ -69,6 +71,7 @@ from spotlight.actors.exploration.sp_backend import NodeSPConfig, SPBackend
 from spotlight.actors.rollout.worker import Occupancy, RolloutWorker
 from spotlight.actors.scheduling.preemption import PreemptionHandler, PreemptionReport
 from spotlight.actors.scheduling.work import DrainReport, sampler_from_dict
+from spotlight.actors.weights.node_base import NodeBase, NodeBaseStats
 from spotlight.actors.weights.policy_spec import PolicySpec
 from spotlight.nodes.notice_args import add_notice_arguments, notice_setup
 from spotlight.nodes.process import add_join_arguments, write_atomic
@@ -102,12 +105,19 @@ class NodeAgent(Actor):
         coordinator: ActorRef,
         call_timeout_s: float,
         rollout: ActorRef | None = None,
+        base: NodeBase | None = None,
     ) -> None:
         self.node_id = node_id
+        self.base = base
         self.explorer = explorer
         self.rollout = rollout
         self.coordinator = coordinator
         self.call_timeout_s = call_timeout_s
+
+    @endpoint
+    async def base_statistics(self) -> NodeBaseStats | None:
+        """What the node's roles hold in memory (one frozen base under LoRA); None: unknown."""
+        return None if self.base is None else self.base.statistics()
 
     @endpoint
     async def drain(self, deadline: float) -> DrainReport:
@@ -249,6 +259,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
                 flush=True,
             )
         occupancy = Occupancy()  # the explorer steps aside while rollouts are held
+        node_base = NodeBase(model)  # one frozen base for the explorer and the rollout worker
         explorer = await rt.spawn(
             ExplorerActor,
             name="explorer",
@@ -258,13 +269,16 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             model=model,
             settings=settings,
             backend=backend,
+            base=node_base,
         )
         if (
             await _register(coordinator, args, explorer, rt.address, within_s=args.call_timeout_s)
             is None
         ):
             return 1
-        rollout = await _start_rollout_worker(rt, args, model, answer.get("rollouts"), occupancy)
+        rollout = await _start_rollout_worker(
+            rt, args, node_base, answer.get("rollouts"), occupancy
+        )
         if rollout is not None:
             await _register_rollout(coordinator, args, rollout)
         agent = await rt.spawn(
@@ -275,6 +289,7 @@ async def _node_body(args: argparse.Namespace, config: RuntimeConfig) -> int:
             rollout=rollout,
             coordinator=coordinator,
             call_timeout_s=args.call_timeout_s,
+            base=node_base,
         )
         notice = notice_setup(args)
         if notice is not None:
@@ -338,14 +353,15 @@ async def _start_sp_group(rt: Runtime, args: argparse.Namespace, model: PolicySp
 async def _start_rollout_worker(
     rt: Runtime,
     args: argparse.Namespace,
-    model: PolicySpec,
+    base: NodeBase,
     offer: dict[str, Any] | None,
     occupancy: Occupancy,
 ) -> ActorRef | None:
-    """The node's rollout worker when the coordinator offers rollouts, else None."""
+    """The node's rollout worker when the coordinator offers rollouts, else None. Its policy
+    sits on the node's frozen base (LoRA: the explorer's, no second load)."""
     if not offer or offer.get("scheduler") is None:
         return None
-    policy = await asyncio.to_thread(model.build)  # weights (or adapters) from the publisher
+    policy = await asyncio.to_thread(base.policy_for, "rollout")  # versions: the publisher
     policy.train()  # the trainer's sampling mode (flow_grpo.py): its log-probs must match
     return await rt.spawn(
         RolloutWorker,

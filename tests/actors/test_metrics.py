@@ -25,6 +25,7 @@ from spotlight.actors.monitor.metrics import (
 )
 from spotlight.actors.scheduling.leases import LeaseStats
 from spotlight.runtime import Runtime, endpoint
+from tests.actors.metric_records import trainer_fields
 from tests.runtime.helpers import FAST, arun
 
 pytestmark = pytest.mark.timeout(60)
@@ -138,13 +139,18 @@ def test_read_jsonl_skips_corrupt_lines_with_their_numbers(tmp_path: Path) -> No
 def test_publisher_without_monitor_drops_and_counts() -> None:
     async def main() -> None:
         pub = MetricsPublisher(None, source="t", config=PublisherConfig(retry_s=0.05))
-        assert pub.publish("trainer", iteration=1, loss=0.5)
-        pub.publish_stats("scheduler", _lease_stats(), queue_depth=3)
+        assert pub.publish("trainer", **trainer_fields(1, loss=0.5))
+        pub.publish_stats("lease_table", _lease_stats(), queue_depth=3)  # a topic without a record
         await until(lambda: pub.statistics().dropped_failed == 2, what="two failed drops")
         stats = pub.statistics()
         assert stats.sent == 0 and stats.pending == 0 and "no monitor" in (stats.last_error or "")
         with pytest.raises(ValueError, match="topic 'Bad Topic'"):
             pub.publish("Bad Topic", x=1)
+        # a topic with a typed record refuses fields that do not parse as it, naming them
+        with pytest.raises(ValueError, match=r"'trainer' record \(TrainerRecord\): loss missing"):
+            pub.publish("trainer", **{k: v for k, v in trainer_fields(2).items() if k != "loss"})
+        with pytest.raises(ValueError, match=r"iteration='3' is not int"):
+            pub.publish("trainer", **(trainer_fields(2) | {"iteration": "3"}))
         await pub.close()
         assert not pub.publish("trainer", x=1)  # closed: ignored, never raises
 
@@ -175,7 +181,7 @@ def test_publisher_never_blocks_on_a_slow_monitor_and_accounts_for_every_record(
             # publish is a plain function: 500 calls cannot wait on the monitor, and the
             # buffer stays bounded by max_pending (oldest records pushed out, counted)
             for i in range(500):
-                pub.publish("trainer", iteration=i)
+                pub.publish("trainer", **trainer_fields(i))
             stats = pub.statistics()
             assert stats.pending == 16 and stats.dropped_full == 484
             # the sender fills the 2 credits, then its next tell times out: dropped, counted
@@ -183,7 +189,7 @@ def test_publisher_never_blocks_on_a_slow_monitor_and_accounts_for_every_record(
             assert pub.statistics().pending <= 16
             gate.set()
             for i in range(500, 520):
-                pub.publish("trainer", iteration=i)
+                pub.publish("trainer", **trainer_fields(i))
             assert await pub.flush(timeout=20.0)
             stats = pub.statistics()
             assert stats.published == 520
@@ -208,7 +214,7 @@ def test_publisher_to_an_unreachable_monitor_drops_within_bounds() -> None:
             cfg = PublisherConfig(max_pending=8, batch_size=1, send_timeout_s=0.3, retry_s=0.05)
             pub = MetricsPublisher(ghost, source="x", runtime=rt, config=cfg)
             for i in range(100):
-                pub.publish("trainer", iteration=i)
+                pub.publish("trainer", **trainer_fields(i))
             assert pub.statistics().pending == 8
             done = lambda: pub.statistics().sent + pub.statistics().dropped == 100  # noqa: E731
             await until(done, what="every record sent or dropped")
@@ -232,7 +238,7 @@ def test_publish_from_a_worker_thread_is_handed_to_the_loop() -> None:
             def work() -> None:
                 assert threading.current_thread() is not threading.main_thread()
                 for i in range(10):
-                    pub.publish("trainer", iteration=i)
+                    pub.publish("trainer", **trainer_fields(i))
 
             await asyncio.to_thread(work)
             await until(lambda: pub.statistics().published == 10, what="10 records")

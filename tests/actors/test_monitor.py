@@ -10,6 +10,7 @@ import pytest
 from spotlight.actors.monitor.actor import Monitor, MonitorConfig, MonitorState, MonitorStore
 from spotlight.actors.monitor.metrics import MetricRecord, MetricsPublisher, read_jsonl
 from spotlight.runtime import Runtime
+from tests.actors.metric_records import trainer_fields, validation_fields
 from tests.runtime.helpers import FAST, arun
 
 pytestmark = pytest.mark.timeout(60)
@@ -98,7 +99,8 @@ def test_monitor_across_two_runtimes_snapshot_subscribe_and_file(tmp_path: Path)
                     seen.append(state)
                     n = len(seen)
                     if n <= 3:  # each state we see triggers the next record
-                        pub.publish("trainer", iteration=n, reward_mean=0.1 * n, loss=1.0 / n)
+                        fields = trainer_fields(n, reward_mean=0.1 * n, loss=1.0 / n)
+                        pub.publish("trainer", **fields)
                     elif state.records >= 3:
                         break
             assert seen[0].records == 0 and seen[-1].records == 3
@@ -112,7 +114,7 @@ def test_monitor_across_two_runtimes_snapshot_subscribe_and_file(tmp_path: Path)
                 quiet = [s.version async for s in _take(states, 2)]
             assert quiet[0] == quiet[1]
 
-            pub.publish_stats("validation", {"iteration": 3, "score": 0.7})
+            pub.publish_stats("validation", validation_fields(3, 0.7))
             assert await pub.flush()
             stats = await ref.statistics.ask(timeout=10.0)
             assert stats["records"] == 4 and stats["lines_written"] == 4

@@ -28,18 +28,19 @@ def child_main(ready_file: str, run_dir: str) -> None:
     from spotlight.actors.monitor.actor import Monitor, MonitorConfig
     from spotlight.actors.monitor.metrics import MetricsPublisher
     from spotlight.runtime import Runtime, RuntimeConfig, run
+    from tests.actors.metric_records import node_fields, trainer_fields
 
     async def main(rt: Runtime) -> None:
         ref = await rt.spawn(Monitor, MonitorConfig(run_dir=run_dir), name="monitor")
         pub = MetricsPublisher(ref, source="trainer", runtime=rt)
-        pub.publish("node", kind="ondemand", status="alive", gpus=1)
+        pub.publish("node", **node_fields("ondemand", "alive"))
         await pub.flush()
         tmp = ready_file + ".tmp"
         Path(tmp).write_text(rt.address)  # noqa: ASYNC240 (tiny, once)
         os.replace(tmp, ready_file)
         iteration = 0
         while True:  # until killed
-            pub.publish("trainer", iteration=iteration, loss=1.0 / (iteration + 1))
+            pub.publish("trainer", **trainer_fields(iteration, loss=1.0 / (iteration + 1)))
             iteration += 1
             await asyncio.sleep(0.1)
 
@@ -103,8 +104,19 @@ def test_attach_follows_updates_then_exits_and_fails_when_the_monitor_dies(
     tmp_path: Path,
 ) -> None:
     with monitor_child(tmp_path) as (child, address, run_dir):
-        # 1. stdout is a pipe, so JSON lines without --json; exits after 3 updates
+        # 1. stdout is a pipe, so JSON lines without --json (one line per event or iteration)
         with attach("--attach", address, "--updates", "3", "--every", "0.1") as viewer:
+            out, err = viewer.communicate(timeout=START_TIMEOUT_S)
+        assert viewer.returncode == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        assert {"event": "node", "node": "trainer", "kind": "ondemand", "status": "alive"} in events
+        its = [e["iteration"] for e in events if e["event"] == "iteration"]
+        assert its and its == list(range(its[0], its[0] + len(its)))  # one line each, in order
+        assert all(e["event"] != "state" for e in events)
+        # --full-state: the whole state per update instead; exits after 3 updates
+        with attach(
+            "--attach", address, "--updates", "3", "--every", "0.1", "--full-state"
+        ) as viewer:
             out, err = viewer.communicate(timeout=START_TIMEOUT_S)
         assert viewer.returncode == 0, err
         states = [json.loads(line) for line in out.splitlines()]
@@ -117,7 +129,9 @@ def test_attach_follows_updates_then_exits_and_fails_when_the_monitor_dies(
         assert "trainer" in states[-1]["latest"]
 
         # 2. attached with no limit: the monitor's process dies -> exit 1, saying so
-        with attach("--attach", address, "--json", "--every", "0.1", "--timeout", "20") as viewer:
+        with attach(
+            "--attach", address, "--json", "--full-state", "--every", "0.1", "--timeout", "20"
+        ) as viewer:
             assert viewer.stdout is not None
             assert json.loads(viewer.stdout.readline())["event"] == "state"
             os.kill(child.pid, signal.SIGKILL)
@@ -163,6 +177,9 @@ def test_state_display_json_lines_and_live_view() -> None:
     state = MonitorState.empty(now=1.0)
     buf = io.StringIO()
     with StateDisplay(json_lines=True, file=buf) as display:
+        display.show(state)  # nothing happened: no line
+    assert buf.getvalue() == ""
+    with StateDisplay(json_lines=True, full_state=True, file=buf) as display:
         display.show(state)
         display.show(state)
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]

@@ -276,22 +276,6 @@ def test_replay_event_record() -> None:
     assert ev.to_dict()["deadline_in_s"] == 2.0
 
 
-def test_cli_project_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    trace = tmp_path / "t.csv"
-    trace.write_text("t_s,event,node\n0,add,a\n")
-    argv = ["project", "--trace", str(trace), "--iters", "4", "4", "2", "--ondemand-gpus", "1",
-            "--gpus-per-node", "1", "--sp-degree", "1", "--weight-load-s", "0",
-            "--train-step-s", "0", "--json"]  # fmt: skip
-    assert _cli(argv) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert "projection" in out["label"]
-    assert out["iters_ratio_vs_ondemand"]["spotlight"] == pytest.approx(2.0)
-    assert out["strategies"]["spotlight"]["wall_s"] == pytest.approx(
-        out["strategies"]["ondemand"]["wall_s"] / 4
-    )
-    assert _cli([*argv[:-1], "--sp-reform-s", "-1"]) == 2
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="signals")
 @pytest.mark.parametrize(("signame", "exit_code"), [("SIGINT", 130), ("SIGTERM", 143)])
 def test_ctrl_c_kills_every_node(tmp_path: Path, signame: str, exit_code: int) -> None:

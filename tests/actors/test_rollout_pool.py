@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,40 @@ def test_pooled_rollouts_train_like_in_thread_rollouts(tmp_path: Path) -> None:
         # Same images to the last uint8 level (a wrong SDE window would change them).
         assert abs(got["reward_mean"] - want["reward_mean"]) < 1e-6, (got, want)
         assert got["first_ratio_dev"] < 1e-5, got
+
+
+@pytest.mark.timeout(300)
+def test_the_trainers_own_worker_steps_on_the_trainers_torch_thread(tmp_path: Path) -> None:
+    """Issue 21 §3: with a dedicated torch thread every forward of the process (the local
+    rollout worker's steps, the update, validation) runs on that one thread, so one OpenMP
+    team stays hot (before, each step went to whichever thread of the loop's pool was free)."""
+    base = save_micro_base(tmp_path / "base", seed=3)
+    seen: set[str] = set()
+
+    async def run() -> dict:
+        async with Runtime(FAST) as rt:
+            pool = await RolloutPool.start(
+                rt, TIMING, settings=RolloutSettings.like(SAMPLER, batch_held=True), timeout_s=60.0
+            )
+            cfg = dataclasses.replace(_loop_config(base, 2), dedicated_torch_thread=True)
+            loop = TrainerLoop(cfg, tmp_path / "run", reward_fn=redness, rollouts=pool)
+            real_setup = loop._setup
+
+            def setup() -> None:
+                real_setup()
+                loop.policy.transformer.register_forward_hook(
+                    lambda *_: seen.add(threading.current_thread().name)
+                )
+
+            loop._setup = setup  # type: ignore[method-assign]
+            await loop.run()
+            stats = await pool.statistics()
+            await pool.close()
+            return stats
+
+    stats = asyncio.run(run())
+    assert stats["samples_by_worker"] == {LOCAL_WORKER: 2 * 6}  # the local worker sampled
+    assert len(seen) == 1 and next(iter(seen)).startswith("trainer-torch"), seen
 
 
 def test_a_worker_with_other_weights_leaves_on_policy_requests_queued(tmp_path: Path) -> None:

@@ -158,5 +158,35 @@ def test_generator_is_deterministic_and_matches_shipped(tmp_path: Path) -> None:
     out = tmp_path / "s.csv"
     args = [sys.executable, str(script), "steady", "--seed", "1", "--out", str(out)]
     subprocess.run(args, check=True, timeout=60)
-    shipped = load_trace(REPO / "traces" / "steady_1h.csv")
-    assert out.read_text().splitlines()[2:] == shipped.to_csv().splitlines()
+    shipped = (REPO / "traces" / "steady_1h.csv").read_text().splitlines()
+    generated = out.read_text().splitlines()
+    # line 2 records the command, --out included; everything else (metadata, events) is equal
+    assert generated[:1] + generated[2:] == shipped[:1] + shipped[2:]
+    assert load_trace(out).to_csv() == load_trace(REPO / "traces" / "steady_1h.csv").to_csv()
+
+
+def test_capped_keeps_whole_real_lifetimes_within_the_cap_and_window() -> None:
+    trace = SpotTrace.from_events(
+        [
+            (0, "add", "a"), (0, "add", "b"), (5, "add", "c"),  # c: a third at once, dropped
+            (10, "notice", "a"), (12, "remove", "a"),
+            (12, "add", "d"),  # takes a's slot the moment it frees
+            (20, "remove", "b"), (30, "remove", "c"),
+            (40, "add", "e"), (50, "remove", "d"),
+        ]
+    )  # fmt: skip
+    capped = trace.capped(2)
+    assert max(n for _, n in capped.capacity_steps()) == 2
+    lives = {lt.node.split(".")[0]: lt for lt in capped.lifetimes()}
+    assert sorted(lives) == ["a", "b", "d", "e"]
+    assert (lives["a"].start_s, lives["a"].notice_s, lives["a"].end_s) == (0, 10, 12)
+    assert (lives["d"].start_s, lives["d"].end_s) == (12, 50) and lives["e"].end_s is None
+    # ending_only drops the lifetime that outlives the window; a window shifts times to 0.
+    assert "e" not in {
+        lt.node.split(".")[0] for lt in trace.capped(2, ending_only=True).lifetimes()
+    }
+    window = {lt.node.split(".")[0]: lt for lt in trace.capped(2, start_s=11, end_s=45).lifetimes()}
+    assert (window["a"].start_s, window["a"].end_s) == (0, 1)
+    assert window["d"].end_s is None  # alive at the window's end: no removal invented
+    with pytest.raises(ValueError, match="max_live"):
+        trace.capped(0)

@@ -256,8 +256,7 @@ class Cluster:
     def kill(self, proc: Proc) -> None:
         proc.fate = "kill"
         proc.signalled_at = time.time()
-        if proc.popen.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+        _signal_if_alive(proc.popen, signal.SIGKILL)
         proc.popen.wait(timeout=10)
 
     def notice(self, proc: Proc) -> None:
@@ -265,8 +264,7 @@ class Cluster:
         assert proc.notice_grace is not None
         proc.fate = "notice"
         proc.signalled_at = time.time()
-        if proc.popen.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
+        _signal_if_alive(proc.popen, signal.SIGTERM)
 
     def enforce_deadlines(self) -> None:
         """SIGKILL every noticed worker still alive past its deadline (the node is gone)."""
@@ -279,13 +277,11 @@ class Cluster:
                 and p.notice_grace is not None
                 and now >= p.signalled_at + p.notice_grace
             ):
-                os.kill(p.pid, signal.SIGKILL)
+                _signal_if_alive(p.popen, signal.SIGKILL)
 
     def close(self) -> None:
         for p in self.procs:
-            if p.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL)
+            _signal_if_alive(p.popen, signal.SIGKILL)
         for p in self.procs:
             p.popen.wait(timeout=10)
         if self.launcher is not None:
@@ -444,3 +440,11 @@ async def submit_and_collect(
             await sched.collect.ask(ack, wait_s=0.0, timeout=5.0)
     out.seconds = time.monotonic() - t0
     return out
+
+
+def _signal_if_alive(popen: subprocess.Popen | ForkedProc, sig: int) -> None:
+    """Signal a child unless it has exited; one that exits between the check and the
+    signal (it was already on its way out) is not an error."""
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(popen.pid, sig)

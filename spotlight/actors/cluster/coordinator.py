@@ -64,6 +64,7 @@ from typing import Any, Literal
 
 import spotlight.actors.scheduling.work  # noqa: F401 - registers SamplerConfig as a wire type
 from spotlight.actors.monitor.metrics import MetricsPublisher
+from spotlight.actors.monitor.records import CostRecord, NodeRecord, PreemptionRecord
 from spotlight.actors.scheduling.preemption import PreemptionReport
 from spotlight.actors.spot.prices import NODE_CLASSES, CostMeter, CostSummary, Prices
 from spotlight.actors.weights.policy_spec import PolicySpec
@@ -600,30 +601,41 @@ class Coordinator(Actor):
 
     def _publish_event(self, node_id: str, **fields: Any) -> None:
         if self.monitor is not None:
-            self._publisher(node_id).publish("preemption", node=node_id, **fields)
+            record = PreemptionRecord(node=node_id, **fields)
+            self._publisher(node_id).publish_record(record)
 
     def publish_metrics(self) -> None:
         """One "node" record per node (source = node id) and one "cost" record."""
         if self.monitor is None:
             return
         stats = self.snapshot()
+        live = [n for n in stats.nodes.values() if n.status in ("alive", "notice")]
         for node in stats.nodes.values():
-            self._publisher(node.node_id).publish(
-                "node",
-                kind=node.kind,
-                status=node.status,
-                gpus=node.gpus,
-                gpu_hours=node.gpu_hours,
-                cost_usd=node.cost_usd,
+            self._publisher(node.node_id).publish_record(
+                NodeRecord(
+                    kind=node.kind,
+                    status=node.status,
+                    gpus=node.gpus,
+                    gpu_hours=node.gpu_hours,
+                    cost_usd=node.cost_usd,
+                )
             )
-        self._publisher(self.name).publish(
-            "cost",
-            **stats.cost.to_dict(),
-            preemptions_notice=stats.preemptions_notice,
-            preemptions_silent=stats.preemptions_silent,
-            rejoined=stats.rejoined,
-            work_lost_steps=stats.work_lost_steps,
-            alive_spot_gpus=stats.alive_spot_gpus,
+        bill = stats.cost.to_dict()
+        self._publisher(self.name).publish_record(
+            CostRecord(
+                ondemand_gpu_hours=bill["ondemand_gpu_hours"],
+                spot_gpu_hours=bill["spot_gpu_hours"],
+                ondemand_usd=bill["ondemand_usd"],
+                spot_usd=bill["spot_usd"],
+                total_usd=bill["total_usd"],
+                usd_per_hour=sum(n.gpus * self.prices.per_gpu_hour(n.kind) for n in live),
+                live_nodes=sum(n.kind == "spot" for n in live),
+                alive_spot_gpus=stats.alive_spot_gpus,
+                preemptions_notice=stats.preemptions_notice,
+                preemptions_silent=stats.preemptions_silent,
+                rejoined=stats.rejoined,
+                work_lost_steps=stats.work_lost_steps,
+            )
         )
 
     async def _publish_loop(self) -> None:

@@ -77,6 +77,7 @@ from spotlight.actors.exploration.backends import (
     ThreadBackend,
 )
 from spotlight.actors.scheduling.work import DrainReport, Lease
+from spotlight.actors.weights.node_base import NodeBase
 from spotlight.actors.weights.policy_spec import PolicySpec
 from spotlight.actors.weights.publish import WeightInbox
 from spotlight.actors.weights.share import WeightManifest
@@ -168,6 +169,7 @@ class ExplorerActor(Actor):
         inbox: WeightInbox | None = None,
         backend: BackendFactory | None = None,
         pause_while: Callable[[], bool] | None = None,
+        base: NodeBase | None = None,
     ) -> None:
         """``model``: what to build (:class:`PolicySpec`: with LoRA, the base from disk and
         the adapters), or just the trainer's policy config, as a :class:`DiTConfig`, a name,
@@ -177,10 +179,18 @@ class ExplorerActor(Actor):
         sampling pass runs from the policy and reward (default: :class:`ThreadBackend`, SP
         degree 1; a spot node with an SP group passes ``sp_explore.SPBackend``'s).
         ``pause_while``: pull nothing while it is true (a spot node's rollout worker holds
-        the trainer's requests); a batch already sampling finishes."""
+        the trainer's requests); a batch already sampling finishes. ``base``: the node's
+        frozen base (a spot node's explorer and rollout worker share one; its spec must be
+        ``model``); None builds a policy of its own."""
         self.scheduler = scheduler
         self.worker_id = worker_id
         self.spec = model if isinstance(model, PolicySpec) else PolicySpec.from_answer(model)
+        if base is not None and base.spec != self.spec:
+            raise ValueError(
+                f"explorer {worker_id}: the node's base is {base.spec}, the explorer was "
+                f"asked for {self.spec}; pass the node base's own spec"
+            )
+        self._base = base
         self.model = self.spec.config
         self.settings = settings or ExploreSettings()
         self.announce_to = announce_to
@@ -209,7 +219,10 @@ class ExplorerActor(Actor):
         self._drain_report: DrainReport | None = None
 
     async def on_start(self) -> None:
-        self.policy = await asyncio.to_thread(self.spec.build)  # weights: load_weights
+        if self._base is not None:  # weights (or adapters): load_weights
+            self.policy = await asyncio.to_thread(self._base.policy_for, "explorer")
+        else:
+            self.policy = await asyncio.to_thread(self.spec.build)
         self._reward = build_reward(self.settings.reward)
         loop = asyncio.get_running_loop()
         self._tasks = [

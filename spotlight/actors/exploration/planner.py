@@ -59,6 +59,7 @@ from spotlight.actors.exploration.bandit import (
 )
 from spotlight.actors.exploration.explorer import ExploreResult
 from spotlight.actors.monitor.metrics import MetricsPublisher
+from spotlight.actors.monitor.records import PlannerRecord
 from spotlight.actors.scheduling.work import GroupResult, SampleRequest
 from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
@@ -549,19 +550,20 @@ class PlannerActor(Actor):
         self._n["fallback_prompts"] += answer.fallback_prompts
         self._answer_s_max = max(self._answer_s_max, answer.answer_s)
         if self._metrics is not None:
-            self._metrics.publish(
-                "exploration",
-                batch_id=batch_id,
-                budget_gpu_s=answer.budget_gpu_s,
-                budget_used=answer.used_gpu_s,
-                explored_seeds=answer.explored_seeds,
-                fallbacks=answer.fallback_seeds,
-                fallback_prompts=answer.fallback_prompts,
-                fallbacks_total=self._n["fallback_seeds"],
-                seconds_per_seed=self._sps,
-                mean_group_variance=float(np.mean([g.explored_variance for g in answer.groups]))
-                if answer.groups
-                else 0.0,
+            variances = [g.explored_variance for g in answer.groups]
+            self._metrics.publish_record(
+                PlannerRecord(
+                    batch_id=batch_id,
+                    budget_gpu_s=answer.budget_gpu_s,
+                    used_gpu_s=answer.used_gpu_s,
+                    explored_seeds=answer.explored_seeds,
+                    fallbacks=answer.fallback_seeds,
+                    fallback_prompts=answer.fallback_prompts,
+                    fallbacks_total=self._n["fallback_seeds"],
+                    explorers=len(self._explorers),
+                    seconds_per_seed=self._sps,
+                    mean_group_variance=float(np.mean(variances)) if variances else None,
+                )
             )
         return answer
 

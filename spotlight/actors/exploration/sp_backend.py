@@ -60,6 +60,7 @@ from torch import Tensor
 
 from spotlight.actors.exploration.backends import RewardFn, SamplingFailed
 from spotlight.actors.monitor.metrics import MetricsPublisher
+from spotlight.actors.monitor.records import SPGroupRecord
 from spotlight.actors.sp.group import SPGroupConfig, SPGroupScheduler
 from spotlight.actors.sp.local import LocalSPCluster, Worker
 from spotlight.actors.sp.work import LocalWorkSource, SPRequest, check_group_config
@@ -391,20 +392,21 @@ class SPBackend:
                 st = await self.statistics()
                 if st is not None and "epoch" in st:
                     members = st.get("members") or {}
-                    publisher.publish(
-                        "sp_group",
-                        node=self.config.node,
-                        group=st.get("group"),
-                        epoch=st["epoch"],
-                        degree=st["degree"],
-                        members=sum(members.values()),
-                        active=members.get("active", 0),
-                        status=st.get("phase"),
-                        request=st.get("request"),
-                        reforms=st.get("reforms"),
-                        reform_last_s=st.get("reform_last_s"),
-                        lost=st.get("lost"),
-                        weights_version=self.version,
+                    publisher.publish_record(
+                        SPGroupRecord(
+                            node=self.config.node,
+                            group=st.get("group"),
+                            epoch=st["epoch"],
+                            degree=st["degree"],
+                            members=sum(members.values()),
+                            active=members.get("active", 0),
+                            status=st.get("phase"),
+                            request=st.get("request"),
+                            reforms=st.get("reforms"),
+                            reform_last_s=st.get("reform_last_s"),
+                            lost=st.get("lost"),
+                            weights_version=self.version,
+                        )
                     )
                 await asyncio.sleep(self.config.metrics_period_s)  # a period, not a sync
         finally:

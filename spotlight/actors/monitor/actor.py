@@ -6,6 +6,8 @@ Map::
                                                               │          (latest per topic/source,
                                                               │           bounded histories)
                                                               ├──► JsonlWriter: RUN_DIR/metrics.jsonl
+                                                              ├──► Tracker: TensorBoard, W&B
+                                                              │    (optional; tracking.py)
     spotlight monitor --attach ──stream subscribe()──────────┤  MonitorState every ``every_s``
     anyone ─────────────────────ask snapshot()───────────────┘  (coalesced; keepalive when idle)
 
@@ -14,8 +16,11 @@ line per record); it never waits on a subscriber. ``snapshot`` and ``subscribe``
 *concurrent* endpoints so a slow viewer never sits in the mailbox: a subscriber's
 generator waits for a change (or ``keepalive_s``) and then for the stream's credit, so a
 slow consumer only sees fewer, fresher states. Publishers never wait on the monitor
-(see ``metrics.py``). Shutdown: ``on_stop`` closes the file; open streams end with the
-actor (their consumers get ``ActorStopped``/``PeerLost``).
+(see ``metrics.py``). The tracker gets each batch right after the file does, on the
+loop (a TensorBoard write is a queue append; W&B's ``log`` hands off to its own process);
+its backends are opened and closed in a worker thread, since W&B starts a service.
+Shutdown: ``on_stop`` closes the file and the tracker; open streams end with the actor
+(their consumers get ``ActorStopped``/``PeerLost``).
 
 :class:`MonitorStore` is the pure part (no actor, no loop) and is tested directly.
 """
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spotlight.actors.monitor.metrics import JsonlWriter, MetricRecord, runtime_fields
+from spotlight.actors.monitor.tracking import Tracker, TrackingConfig
 from spotlight.runtime import Actor, endpoint
 from spotlight.runtime.codec import register_wire_type
 
@@ -65,6 +71,8 @@ class MonitorConfig:
     so the view lists the actors of its node with no publisher; None turns it off."""
     node_id: str | None = None
     """Source name of those records (default: the runtime's address)."""
+    tracking: TrackingConfig | None = None
+    """Relay every record to TensorBoard / W&B as well (tracking.py); None: no tracker."""
 
     def __post_init__(self) -> None:
         for name in ("history_len", "max_sources_per_topic"):
@@ -231,12 +239,19 @@ class Monitor(Actor):
         self.subscribers = 0
         self._pulse: _Pulse | None = None
         self._reporter: asyncio.Task[None] | None = None
+        self.tracker: Tracker | None = None
 
     async def on_start(self) -> None:
         self._pulse = _Pulse()
         if self.config.run_dir is not None:
             self.writer = JsonlWriter.for_run_dir(self.config.run_dir)
             log.info("monitor writes metrics to %s", self.writer.path)
+        tracking = self.config.tracking
+        if tracking is not None and tracking.enabled:
+            from spotlight.actors.monitor.tracking_backends import open_backends
+
+            backends = await asyncio.to_thread(open_backends, tracking)
+            self.tracker = Tracker(tracking, backends)
         if self.config.self_report_s is not None:
             self._reporter = self.runtime.create_task(
                 self._report_runtime(self.config.self_report_s), name=f"{self.name}.self-report"
@@ -248,6 +263,8 @@ class Monitor(Actor):
             self._reporter = None
         if self.writer is not None:
             self.writer.close()
+        if self.tracker is not None:
+            await asyncio.to_thread(self.tracker.close)
         if self._pulse is not None:
             self._pulse.fire()
 
@@ -302,6 +319,7 @@ class Monitor(Actor):
             "lines_written": self.writer.lines if self.writer else 0,
             "write_errors": self.writer.errors if self.writer else 0,
             "metrics_file": str(self.writer.path) if self.writer else None,
+            "tracking": self.tracker.statistics() if self.tracker else None,
         }
 
     async def _report_runtime(self, period_s: float) -> None:
@@ -319,8 +337,11 @@ class Monitor(Actor):
 
     def _take(self, batch: list[Any], source: str = "", dropped: int = 0) -> None:
         self.store.apply(batch, publisher=source, dropped=dropped)
+        records = [r for r in batch if isinstance(r, MetricRecord)]
         if self.writer is not None:
-            self.writer.write_many(r for r in batch if isinstance(r, MetricRecord))
+            self.writer.write_many(records)
+        if self.tracker is not None:
+            self.tracker.write(records)
         if self._pulse is not None:
             self._pulse.fire()
 

@@ -25,37 +25,16 @@ Use in an actor::
     async def on_stop(self) -> None:
         await self.metrics.close()
 
-    ...  self.metrics.publish("trainer", iteration=k, loss=loss, reward_mean=m, reward_std=s)
-    ...  self.metrics.publish_stats("scheduler", self.table.statistics(), queue_depth=q)
+    ...  self.metrics.publish_record(ValidationRecord(iteration=k, score=s, spread=d, val_s=t))
+    ...  self.metrics.publish("reward_pool", **stats)   # a topic without a record
 
 One record per event or per period (a preemption is one record, sent when its outcome is
 known); with several data-parallel ranks only rank 0 publishes ``trainer``.
 
-Topics and the fields the monitor view reads (all optional; extra fields are kept and
-written to the JSON lines as they are):
-
-============  ===========================  =================================================
-topic         source                       fields the view reads
-============  ===========================  =================================================
-node          node id                      kind ("ondemand"/"spot"), status ("alive"/
-                                           "notice"/"gone"), gpus, gpu_hours, cost_usd
-cost          whoever meters the bill      ondemand_gpu_hours, spot_gpu_hours, ondemand_usd,
-                                           spot_usd, total_usd (``CostSummary.to_dict()``)
-runtime       node id                      ``Runtime.statistics()`` (its ``actors`` list)
-sp_group      group id                     epoch, degree, members, status, request, step
-scheduler     scheduler name               ``SchedulerStats`` (queue_depth, active_leases,
-                                           leases.re_leases, leases.expired, ...)
-trainer       trainer (rank) name          iteration, loss, reward_mean, reward_std,
-                                           zero_std_fraction
-validation    evaluator name               iteration, score
-preemption    node or worker id            kind ("notice"/"silent"), lead_s, steps_lost
-                                           (or ``PreemptionReport``: drain.abandoned_steps)
-exploration   planner / explorer name      budget_s, budget_used_s, fallbacks, seeds
-rewards       trainer (reward client)      workers, calls, remote_images, local_images,
-                                           retries, last_call_s (``RemoteRewardStats``)
-reward_pool   trainer, at the end          actors: each reward actor's ``RewardActorStats``
-                                           (calls, images, seconds, errors); lost, pids
-============  ===========================  =================================================
+Topics: ``records.py`` declares one typed record per topic the view, the event lines and
+the trackers read (``publish_record(TrainerRecord(...))``); ``publish`` checks the fields of
+those topics against their record and raises ``ValueError`` naming what is wrong. Other
+well-formed topics (e.g. ``reward_pool``) are kept and written as they come.
 
 Field values must be plain (None, bool, int, float, str, and lists/dicts of them);
 :func:`plain` converts dataclasses, mappings, tuples, numpy and 0-d torch values, and turns
@@ -78,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from spotlight.actors.monitor.records import RECORDS, Record, check_fields
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import SpotlightError
 
@@ -103,18 +83,8 @@ log = logging.getLogger("spotlight.actors.monitor.metrics")
 
 METRICS_FILE = "metrics.jsonl"
 """Name of the JSON-lines file inside a run directory."""
-KNOWN_TOPICS: tuple[str, ...] = (
-    "node",
-    "cost",
-    "runtime",
-    "sp_group",
-    "scheduler",
-    "trainer",
-    "validation",
-    "preemption",
-    "exploration",
-)
-"""Topics the monitor view draws; any other well-formed topic is kept and written too."""
+KNOWN_TOPICS: tuple[str, ...] = tuple(RECORDS)
+"""Topics with a typed record (records.py); any other well-formed topic is kept too."""
 _TOPIC_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 _MAX_DEPTH = 8
 
@@ -222,6 +192,10 @@ def runtime_fields(runtime: ActorHost) -> dict[str, Any]:
         "pending_calls": stats.get("pending_calls"),
         "queued_messages": stats.get("queued_messages"),
         "restarts": stats.get("restarts"),
+        # How long this process's event loop could not run (the transport's heartbeat
+        # measures it): what a soak checks stays small while torch works beside the loop.
+        "loop_lag_max_ms": stats.get("loop_lag_max_ms"),
+        "loop_stalls": stats.get("loop_stalls"),
     }
 
 
@@ -319,10 +293,18 @@ class MetricsPublisher:
     def publish(self, topic: str, /, **fields: Any) -> bool:
         """Queue one record and return at once: True if queued, False once closed.
 
-        A bad topic or a value that is not plain data raises ``ValueError`` here, in the
-        caller, where the bug is.
+        A bad topic, a value that is not plain data, or fields that do not parse as the
+        topic's record (records.py) raise ``ValueError`` here, in the caller, where the bug is.
         """
-        return self._submit(check_topic(topic), self._clock(), plain(fields))
+        if self._closed:
+            return False
+        body = plain(fields)
+        check_fields(check_topic(topic), body)
+        return self._submit(topic, self._clock(), body)
+
+    def publish_record(self, record: Record, /) -> bool:
+        """Publish a typed record (records.py) under its topic."""
+        return self.publish(record.TOPIC, **record.fields())
 
     def publish_stats(self, topic: str, stats: Any, /, **extra: Any) -> bool:
         """Publish a ``statistics()`` dataclass (or mapping) as fields, plus ``extra``."""

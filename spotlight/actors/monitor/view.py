@@ -5,7 +5,10 @@ measured against ``state.time``), so tests render to a string and assert on the 
 The system is assembled incrementally: a section whose topic has not reported yet shows
 "—" rather than disappearing, so a missing publisher is visible. The one exception is
 Rewards: it appears once the ``rewards`` topic reports, because with ``rewards.workers: 0``
-the trainer scores in process and nothing publishes it (a "—" there would be no fault).
+the trainer scores in process and nothing publishes it (a "—" there would be no fault);
+Rollouts likewise with ``rollout.workers: trainer``. Every section reads its topic through
+the topic's typed record (records.py), the class its publisher builds; a record that does
+not parse shows as "unreadable TOPIC record from SOURCE" in red.
 
 Layout (fits 100 columns × 30 lines with the default row limits)::
 
@@ -13,16 +16,16 @@ Layout (fits 100 columns × 30 lines with the default row limits)::
     ┌ left ──────────────────────────┐ ┌ right ───────────────────────────────┐
     │ Nodes (class, status, GPU-h, $) │ │ Trainer (iteration, loss, reward ±)  │
     │ Actors & SP groups              │ │ Validation sparkline                 │
-    │                                 │ │ Scheduler / Exploration / Preemptions│
-    │                                 │ │ Rewards (when reward actors run)     │
+    │                                 │ │ Schedulers / Exploration / Preempt.  │
+    │                                 │ │ Rewards, Rollouts (when they run)    │
     └─────────────────────────────────┘ └──────────────────────────────────────┘
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -30,8 +33,25 @@ from rich.table import Table
 from rich.text import Text
 
 from spotlight.actors.monitor.actor import MonitorState
+from spotlight.actors.monitor.records import (
+    CostRecord,
+    ExplorationRecord,
+    NodeRecord,
+    PlannerRecord,
+    PreemptionRecord,
+    Record,
+    RewardsRecord,
+    RolloutsRecord,
+    RuntimeRecord,
+    SchedulerRecord,
+    SPGroupRecord,
+    TrainerRecord,
+    ValidationRecord,
+)
 
 __all__ = ["DASH", "render", "sparkline"]
+
+R = TypeVar("R", bound=Record)
 
 DASH = "—"
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -63,20 +83,6 @@ def sparkline(values: Sequence[float | None], width: int = 40) -> str:
     return "".join(out)
 
 
-def _get(fields: Mapping[str, Any], *paths: str) -> Any:
-    """First present value among dotted ``paths`` (``"leases.re_leases"``), else None."""
-    for path in paths:
-        node: Any = fields
-        for part in path.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                node = None
-                break
-            node = node[part]
-        if node is not None:
-            return node
-    return None
-
-
 def _num(value: Any, fmt: str = "{:,}") -> str:
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return DASH if value is None else str(value)
@@ -88,12 +94,6 @@ def _num(value: Any, fmt: str = "{:,}") -> str:
 def _short(node: str) -> str:
     """``tcp://10.0.0.7:5555`` -> ``10.0.0.7:5555``: the scheme is noise in a narrow column."""
     return node.split("://", 1)[-1]
-
-
-def _float(value: Any) -> float:
-    """A number as float; anything else (None, text) counts 0 in a sum."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else 0.0
 
 
 def _pct(value: Any) -> str:
@@ -134,19 +134,54 @@ def _latest(state: MonitorState, topic: str) -> dict[str, dict[str, Any]]:
     return state.latest.get(topic, {})
 
 
-def _newest(state: MonitorState, topic: str) -> tuple[str, dict[str, Any]] | None:
-    rows = _latest(state, topic)
+class Unreadable:
+    """A record of a known topic that does not parse as its class (a publisher bug):
+    shown in red with its source, never as a silent "—"."""
+
+    def __init__(self, source: str, topic: str) -> None:
+        self.source, self.topic = source, topic
+
+    def text(self) -> Text:
+        return Text(f"unreadable {self.topic} record from {self.source}", style="red")
+
+
+def _rows(state: MonitorState, cls: type[R]) -> list[tuple[str, float, R | Unreadable]]:
+    """Every source's newest record of ``cls.TOPIC``: (source, time, record), oldest first."""
+    out: list[tuple[str, float, R | Unreadable]] = []
+    for source, entry in _latest(state, cls.TOPIC).items():
+        rec = cls.read(entry["fields"])
+        out.append(
+            (source, entry["time"], rec if rec is not None else Unreadable(source, cls.TOPIC))
+        )
+    return out
+
+
+def _newest(state: MonitorState, cls: type[R]) -> tuple[str, R | Unreadable] | None:
+    rows = _rows(state, cls)
     if not rows:
         return None
-    source, entry = max(rows.items(), key=lambda kv: kv[1]["time"])
-    return source, entry["fields"]
+    source, _t, rec = max(rows, key=lambda row: row[1])
+    return source, rec
+
+
+def _newest_into(sec: Table, state: MonitorState, cls: type[R]) -> tuple[str, R] | None:
+    """The newest readable record of ``cls``; otherwise writes "—" (nobody reported) or
+    the unreadable line into ``sec`` and returns None."""
+    newest = _newest(state, cls)
+    if newest is None:
+        sec.add_row(DASH)
+        return None
+    source, rec = newest
+    if isinstance(rec, Unreadable):
+        sec.add_row(rec.text())
+        return None
+    return source, rec
 
 
 # ============================================================================ sections
 
 
 def _nodes(state: MonitorState, max_rows: int) -> RenderableType:
-    rows = _latest(state, "node")
     table = Table(
         title="Nodes", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0), expand=True, show_edge=False,
@@ -156,57 +191,48 @@ def _nodes(state: MonitorState, max_rows: int) -> RenderableType:
         table.add_column(name, no_wrap=True, min_width=6)
     for name in ("GPUs", "GPU-h", "$", "seen"):
         table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    rows = _rows(state, NodeRecord)
     if not rows:
         table.add_row(DASH, DASH, DASH, DASH, DASH, DASH, DASH)
         return table
     order = {"alive": 0, "notice": 1, "gone": 2}
-
-    def key(item: tuple[str, dict[str, Any]]) -> tuple[int, int, str]:
-        f = item[1]["fields"]
-        kind = 0 if f.get("kind") == "ondemand" else 1
-        return (order.get(str(f.get("status")), 3), kind, item[0])
-
-    items = sorted(rows.items(), key=key)
+    good = [(src, t, r) for src, t, r in rows if isinstance(r, NodeRecord)]
+    bad = [r.text() for _s, _t, r in rows if isinstance(r, Unreadable)]
+    good.sort(key=lambda row: (order.get(row[2].status, 3), row[2].kind != "ondemand", row[0]))
     counts: dict[str, int] = {}
-    gpu_h = usd = 0.0
-    for _source, entry in items:
-        f = entry["fields"]
-        counts[str(f.get("status", "?"))] = counts.get(str(f.get("status", "?")), 0) + 1
-        gpu_h += _float(f.get("gpu_hours"))
-        usd += _float(f.get("cost_usd"))
-    shown = items if len(items) <= max_rows else items[: max_rows - 1]
-    for source, entry in shown:
-        f = entry["fields"]
-        status = str(f.get("status", DASH))
+    for _src, _t, rec in good:
+        counts[rec.status] = counts.get(rec.status, 0) + 1
+    shown = good if len(good) <= max_rows else good[: max_rows - 1]
+    for source, t, rec in shown:
         table.add_row(
             source,
-            _CLASS_LABEL.get(str(f.get("kind")), str(f.get("kind", DASH))),
-            Text(status, style=_STATUS_STYLE.get(status, "")),
-            _num(f.get("gpus")),
-            _num(f.get("gpu_hours"), "{:,.2f}"),
-            _num(f.get("cost_usd"), "{:,.2f}"),
-            _age(state.time - entry["time"]),
+            _CLASS_LABEL.get(rec.kind, rec.kind),
+            Text(rec.status, style=_STATUS_STYLE.get(rec.status, "")),
+            _num(rec.gpus),
+            _num(rec.gpu_hours, "{:,.2f}"),
+            _num(rec.cost_usd, "{:,.2f}"),
+            _age(state.time - t),
         )
-    if len(shown) < len(items):
+    if len(shown) < len(good):
         table.add_row(
-            Text(f"… +{len(items) - len(shown)} more", style="dim"), "", "", "", "", "", ""
+            Text(f"… +{len(good) - len(shown)} more", style="dim"), "", "", "", "", "", ""
         )
-    cost = _newest(state, "cost")
-    if cost is not None:  # the metered bill beats the sum of node rows
-        f = cost[1]
-        gpu_h = _float(f.get("ondemand_gpu_hours")) + _float(f.get("spot_gpu_hours"))
-        usd = _float(f.get("total_usd"))
     tally = " ".join(
         f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], 3))
     )
-    summary = f"{len(items)} nodes: {tally} · {gpu_h:,.2f} GPU-h · ${usd:,.2f}"
-    if cost is not None:
-        f = cost[1]
-        summary += (
-            f" (on-demand ${_num(f.get('ondemand_usd'), '{:,.2f}')}, "
-            f"spot ${_num(f.get('spot_usd'), '{:,.2f}')})"
+    summary = [f"{len(good)} node{'s' if len(good) != 1 else ''}: {tally}"]
+    cost = _newest(state, CostRecord)
+    if cost is not None and isinstance(cost[1], CostRecord):  # the metered bill
+        c = cost[1]
+        summary[0] += f" · {c.ondemand_gpu_hours + c.spot_gpu_hours:,.2f} GPU-h"
+        summary.append(
+            f"${c.total_usd:,.2f} (on-demand ${c.ondemand_usd:,.2f}, spot ${c.spot_usd:,.2f})"
+            f" · ${c.usd_per_hour:,.2f}/h now"
         )
-    return Group(table, Text(summary))
+    else:
+        gpu_h = sum(r.gpu_hours for _s, _t, r in good)
+        summary[0] += f" · {gpu_h:,.2f} GPU-h · ${sum(r.cost_usd for _s, _t, r in good):,.2f}"
+    return Group(table, *(Text(line) for line in summary), *bad)
 
 
 def _actors(state: MonitorState, max_rows: int) -> RenderableType:
@@ -221,60 +247,57 @@ def _actors(state: MonitorState, max_rows: int) -> RenderableType:
     table.add_column("deg", justify="right", no_wrap=True, min_width=3)
     table.add_column("state", no_wrap=True, overflow="ellipsis", min_width=7)
     rows: list[tuple[str, ...]] = []
-    for group, entry in sorted(_latest(state, "sp_group").items()):
-        f = entry["fields"]
-        members = f.get("members")
-        degree = f.get("degree", len(members) if isinstance(members, list) else None)
-        rows.append((group, "SP group", str(f.get("node", DASH)), _num(f.get("epoch")),
-                     _num(degree), str(f.get("status", DASH))))  # fmt: skip
-    for node, entry in sorted(_latest(state, "runtime").items()):
-        for actor in entry["fields"].get("actors") or []:
-            if not isinstance(actor, Mapping):
-                continue
+    bad: list[Text] = []
+    for group, _t, sp in sorted(_rows(state, SPGroupRecord), key=lambda row: row[0]):
+        if isinstance(sp, Unreadable):
+            bad.append(sp.text())
+            continue
+        rows.append((group, "SP group", sp.node, _num(sp.epoch), _num(sp.degree),
+                     sp.status or DASH))  # fmt: skip
+    for node, _t, rt in sorted(_rows(state, RuntimeRecord), key=lambda row: row[0]):
+        if isinstance(rt, Unreadable):
+            bad.append(rt.text())
+            continue
+        for actor in rt.actors:
             restarts = actor.get("restarts") or 0
             st = str(actor.get("state", DASH)) + (f" ↻{restarts}" if restarts else "")
             rows.append((str(actor.get("name", "?")), str(actor.get("class", DASH)), _short(node),
                          _num(actor.get("generation")), DASH, st))  # fmt: skip
     if not rows:
         table.add_row(DASH, DASH, DASH, DASH, DASH, DASH)
-        return table
+        return Group(table, *bad)
     shown = rows if len(rows) <= max_rows else rows[: max_rows - 1]
     for row in shown:
         table.add_row(*row)
     if len(shown) < len(rows):
         table.add_row(Text(f"… +{len(rows) - len(shown)} more", style="dim"), "", "", "", "", "")
-    return table
+    return Group(table, *bad)
 
 
-def _history(
-    state: MonitorState, topic: str, *paths: str, source: str | None = None
-) -> list[float | None]:
-    """Values of the first present path per history item (of ``source`` only, if given)."""
-    out: list[float | None] = []
-    for item in state.history.get(topic, []):
-        if source is not None and item["source"] != source:
-            continue
-        v = _get(item["fields"], *paths)
-        out.append(float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None)
+def _history(state: MonitorState, cls: type[R], source: str) -> list[R]:
+    """The readable records of ``source`` in the history of ``cls.TOPIC``, oldest first."""
+    out = []
+    for item in state.history.get(cls.TOPIC, []):
+        rec = cls.read(item["fields"]) if item["source"] == source else None
+        if rec is not None:
+            out.append(rec)
     return out
 
 
 def _trainer(state: MonitorState, spark_width: int) -> RenderableType:
     sec = _section("Trainer")
-    newest = _newest(state, "trainer")
+    newest = _newest_into(sec, state, TrainerRecord)
     if newest is None:
-        sec.add_row(DASH)
         return sec
-    src, f = newest
-    mean, std = _get(f, "reward_mean"), _get(f, "reward_std")
-    reward = _num(mean, "{:.3f}") + (f" ± {_num(std, '{:.3f}')}" if std is not None else "")
+    src, t = newest
+    reward = _num(t.reward_mean, "{:.3f}") + f" ± {_num(t.reward_std, '{:.3f}')}"
     sec.add_row(
-        f"iter {_num(_get(f, 'iteration'))}  loss {_num(_get(f, 'loss'), '{:.4g}')}  "
-        f"zero-std {_pct(_get(f, 'zero_std_fraction'))}"
+        f"iter {_num(t.iteration)}  loss {_num(t.loss, '{:.4g}')}  "
+        f"zero-std {_pct(t.zero_std_fraction)}  {t.iteration_s:.1f} s"
     )
-    rewards = _history(state, "trainer", "reward_mean", source=src)  # one rank's curve
+    rewards = [r.reward_mean for r in _history(state, TrainerRecord, src)]  # one rank's curve
     if any(r is not None for r in rewards):
-        sec.add_row(f"reward {reward}, last {min(len(rewards), spark_width)} records:")
+        sec.add_row(f"reward {reward}, last {min(len(rewards), spark_width)} iterations:")
         sec.add_row(Text(sparkline(rewards, spark_width), "cyan"))
     else:
         sec.add_row(f"reward {reward}")
@@ -283,123 +306,119 @@ def _trainer(state: MonitorState, spark_width: int) -> RenderableType:
 
 def _validation(state: MonitorState, spark_width: int) -> RenderableType:
     sec = _section("Validation")
-    newest = _newest(state, "validation")
+    newest = _newest_into(sec, state, ValidationRecord)
     if newest is None:
-        sec.add_row(DASH)
         return sec
-    src, f = newest
-    scores = _history(state, "validation", "score", source=src)
+    src, v = newest
+    scores = [r.score for r in _history(state, ValidationRecord, src)]
     finite = [s for s in scores if s is not None]
     best = f"  best {max(finite):.3f}" if finite else ""
     sec.add_row(
-        f"score {_num(_get(f, 'score'), '{:.3f}')} @ iter {_num(_get(f, 'iteration'))}{best}"
-        f"  ({len(scores)} pts)"
+        f"score {_num(v.score, '{:.3f}')} @ iter {_num(v.iteration)}{best}  ({len(scores)} pts)"
     )
     sec.add_row(Text(sparkline(scores, spark_width), style="magenta"))
     return sec
 
 
 def _scheduler(state: MonitorState) -> RenderableType:
-    sec = _section("Scheduler")
-    newest = _newest(state, "scheduler")
-    if newest is None:
+    sec = _section("Schedulers")
+    rows = sorted(_rows(state, SchedulerRecord), key=lambda row: row[0])
+    if not rows:
         sec.add_row(DASH)
-        return sec
-    f = newest[1]
-    sec.add_row(
-        f"queue {_num(_get(f, 'queue_depth', 'leases.queued', 'queued'))}  "
-        f"leases {_num(_get(f, 'active_leases', 'leases.active_leases'))}  "
-        f"re-leases {_num(_get(f, 'leases.re_leases', 're_leases'))}  "
-        f"expired {_num(_get(f, 'leases.expired', 'expired'))}"
-    )
-    sec.add_row(
-        f"done {_num(_get(f, 'leases.completed', 'completed'))}  "
-        f"stale {_num(_get(f, 'leases.stale_results', 'stale_results'))}  "
-        f"recomputed steps {_num(_get(f, 'leases.steps_recomputed', 'steps_recomputed'))}"
-    )
-    return sec
-
-
-def _exploration(state: MonitorState) -> RenderableType:
-    sec = _section("Exploration")
-    newest = _newest(state, "exploration")
-    if newest is None:
-        sec.add_row(DASH)
-        return sec
-    f = newest[1]
-    used, budget = _get(f, "budget_used_s"), _get(f, "budget_s")
-    frac = _get(f, "budget_used_fraction")
-    if (
-        frac is None
-        and isinstance(used, int | float)
-        and isinstance(budget, int | float)
-        and budget
-    ):
-        frac = used / budget
-    sec.add_row(
-        f"budget used {_pct(frac)} ({_num(used, '{:,.1f}')} of {_num(budget, '{:,.1f}')} s)"
-    )
-    sec.add_row(
-        f"fallbacks {_num(_get(f, 'fallbacks'))}  seeds {_num(_get(f, 'seeds', 'seeds_explored'))}"
-    )
-    return sec
-
-
-def _preemptions(state: MonitorState, max_rows: int) -> RenderableType:
-    sec = _section("Preemptions")
-    events = state.history.get("preemption", [])
-    total = state.records_by_topic.get("preemption", 0)
-    if not total:
-        sec.add_row(DASH)
-        return sec
-    lost = 0
-    silent = 0
-    rejoined = 0  # a node found gone came back from the same process: a loss taken back
-    for e in events:
-        steps = _get(e["fields"], "steps_lost", "drain.abandoned_steps")
-        lost += steps if isinstance(steps, int) else 0
-        kind = _get(e["fields"], "kind")
-        silent += kind == "silent"
-        rejoined += kind == "rejoined"
-    kept = "" if len(events) == total else f" (last {len(events)})"
-    back = f", {rejoined} rejoined" if rejoined else ""
-    sec.add_row(
-        f"{total}{kept}: {len(events) - silent - rejoined} with notice, {silent} silent{back}; "
-        f"steps lost {lost}"
-    )
-    for e in events[-max_rows:][::-1]:
-        f = e["fields"]
-        lead = _get(f, "lead_s")
+    for source, _t, s in rows:
+        if isinstance(s, Unreadable):
+            sec.add_row(s.text())
+            continue
+        name = source.removesuffix("_scheduler")
+        sec.add_row(
+            f"{name}  q {_num(s.queue_depth)}  leased {_num(s.active_leases)}  "
+            f"done {_num(s.completed)}  {_num(s.workers)} workers"
+        )
         sec.add_row(
             Text(
-                f"{_age(state.time - e['time'])} ago  {f.get('node', f.get('worker_id', e['source']))}"
-                f"  {f.get('kind', 'notice')}"
-                + (f" {lead:.0f}s" if isinstance(lead, int | float) else "")
-                + (
-                    ""
-                    if f.get("kind") == "rejoined"
-                    else f", lost {_num(_get(f, 'steps_lost', 'drain.abandoned_steps'))} steps"
-                ),
+                f"  re-leased {_num(s.re_leases)}  expired {_num(s.expired)}  "
+                f"stale {_num(s.stale_results)}  redone {_num(s.steps_recomputed)}",
                 style="dim",
             )
         )
     return sec
 
 
+def _exploration(state: MonitorState) -> RenderableType:
+    sec = _section("Exploration")
+    newest = _newest_into(sec, state, ExplorationRecord)
+    if newest is None:
+        return sec
+    e = newest[1]
+    if e.mode == "random":
+        sec.add_row(f"iter {_num(e.iteration)}: random seeds (the baseline)")
+        return sec
+    sec.add_row(
+        f"iter {_num(e.iteration)}: {_num(e.seeds)} explored + {_num(e.fallbacks)} random seeds"
+    )
+    sec.add_row(f"in all: {_num(e.seeds_total)} explored, {_num(e.fallbacks_total)} random")
+    frac = e.budget_used_s / e.budget_s if e.budget_s > 0 else None
+    line = f"budget {e.budget_used_s:,.1f}/{e.budget_s:,.1f} GPU-s ({_pct(frac)})"
+    planner = _newest(state, PlannerRecord)
+    if planner is not None:
+        p = planner[1]
+        if isinstance(p, Unreadable):
+            sec.add_row(p.text())
+        else:
+            line += f"  {p.explorers} explorers"
+    sec.add_row(line)
+    return sec
+
+
+def _preemptions(state: MonitorState, max_rows: int) -> RenderableType:
+    sec = _section("Preemptions")
+    cost = _newest(state, CostRecord)
+    bill = cost[1] if cost is not None and isinstance(cost[1], CostRecord) else None
+    events = [
+        (item["time"], item["source"], rec)
+        for item in state.history.get(PreemptionRecord.TOPIC, [])
+        if (rec := PreemptionRecord.read(item["fields"])) is not None
+    ]
+    if bill is None and not events:
+        sec.add_row(DASH)
+        return sec
+    if bill is not None:  # the coordinator's tally: every event since the run started
+        notice, silent, rejoined = bill.preemptions_notice, bill.preemptions_silent, bill.rejoined
+        lost: int | None = bill.work_lost_steps
+    else:
+        notice = sum(r.kind == "notice" for _t, _s, r in events)
+        rejoined = sum(r.kind == "rejoined" for _t, _s, r in events)
+        silent = sum(r.kind == "silent" for _t, _s, r in events) - rejoined  # taken back
+        lost = sum(r.steps_lost or 0 for _t, _s, r in events)
+    back = f", {rejoined} rejoined" if rejoined else ""
+    sec.add_row(
+        f"{notice + silent}: {notice} with notice, {silent} silent{back}; steps lost {_num(lost)}"
+    )
+    for t, _source, r in events[-max_rows:][::-1]:
+        lead = f" {r.lead_s:.0f}s" if r.lead_s is not None else ""
+        what = "" if r.kind == "rejoined" else f", lost {_num(r.steps_lost)} steps"
+        sec.add_row(
+            Text(f"{_age(state.time - t)} ago  {r.node}  {r.kind}{lead}{what}", style="dim")
+        )
+    return sec
+
+
 def _rewards(state: MonitorState) -> RenderableType | None:
-    newest = _newest(state, "rewards")
+    newest = _newest(state, RewardsRecord)
     if newest is None:
         return None
-    f = newest[1]
     sec = _section("Rewards")
-    last = _get(f, "last_call_s")
+    r = newest[1]
+    if isinstance(r, Unreadable):
+        sec.add_row(r.text())
+        return sec
     sec.add_row(
-        f"workers {_num(_get(f, 'workers'))}  calls {_num(_get(f, 'calls'))}  "
-        f"last {_num(last * 1000 if isinstance(last, int | float) else None, '{:,.0f}')} ms"
+        f"workers {_num(r.workers)}  calls {_num(r.calls)}  "
+        f"last {_num(r.last_call_s * 1000, '{:,.0f}')} ms"
     )
     sec.add_row(
-        f"images {_num(_get(f, 'remote_images'))} remote, {_num(_get(f, 'local_images'))} "
-        f"in process  retries {_num(_get(f, 'retries'))}"
+        f"images {_num(r.remote_images)} remote, {_num(r.local_images)} in process  "
+        f"retries {_num(r.retries)}"
     )
     return sec
 
@@ -407,16 +426,17 @@ def _rewards(state: MonitorState) -> RenderableType | None:
 def _rollouts(state: MonitorState) -> RenderableType | None:
     """The trainer's last batch through the rollout pool (absent with rollout.workers
     trainer): how long it took and how much of it spot nodes drew."""
-    newest = _newest(state, "rollouts")
+    newest = _newest(state, RolloutsRecord)
     if newest is None:
         return None
-    f = newest[1]
-    seconds = _get(f, "seconds")
     sec = _section("Rollouts")
+    r = newest[1]
+    if isinstance(r, Unreadable):
+        sec.add_row(r.text())
+        return sec
     sec.add_row(
-        f"iter {_num(_get(f, 'iteration'))}: {_num(_get(f, 'samples'))} in "
-        f"{_num(seconds, '{:.2f}') if isinstance(seconds, int | float) else DASH} s, "
-        f"{_num(_get(f, 'spot_samples'))} by {_num(_get(f, 'spot_workers'))} spot workers"
+        f"iter {_num(r.iteration)}: {_num(r.samples)} in {r.seconds:.2f} s, "
+        f"{_num(r.spot_samples)} by {_num(r.spot_workers)} spot workers"
     )
     return sec
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,9 +120,13 @@ class RolloutPool:
         ``register_node``'s answer): the scheduler's ref, how to sample, the lease timing."""
         return {"scheduler": self.scheduler, "settings": self.settings, "timing": self.timing}
 
-    async def attach(self, policy: DiTPolicy, version: Callable[[], int]) -> None:
+    async def attach(
+        self, policy: DiTPolicy, version: Callable[[], int], *, executor: Executor | None = None
+    ) -> None:
         """Start the trainer's own worker on ``policy``, whose weight version is
-        ``version()`` (the trainer's iteration). Idempotent."""
+        ``version()`` (the trainer's iteration). ``executor``: the trainer's torch thread, so
+        the worker's steps run where the trainer's own torch work does (one hot OpenMP
+        team); None: a pool thread per step. Idempotent."""
         if self.local is not None:
             return
         self.local = await self.rt.spawn(
@@ -132,6 +137,7 @@ class RolloutPool:
             timing=self.timing,
             settings=self.settings,
             version=version,
+            executor=executor,
             name=LOCAL_WORKER,
         )
 

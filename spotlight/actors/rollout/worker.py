@@ -43,8 +43,9 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -64,6 +65,8 @@ from spotlight.models.sampler import (
 from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
+
+_T = TypeVar("_T")
 
 __all__ = ["Occupancy", "RolloutSettings", "RolloutWorker", "WorkerStats"]
 
@@ -191,6 +194,7 @@ class RolloutWorker(Actor):
         version: Callable[[], int | None] | None = None,
         wait_for_weights: bool = False,
         occupancy: Occupancy | None = None,
+        executor: Executor | None = None,
     ) -> None:
         """``version``: the weight version of ``model`` as its owner updates it (the trainer's
         own worker: the trainer's iteration, read between requests). Without it the worker's
@@ -199,7 +203,9 @@ class RolloutWorker(Actor):
         ``wait_for_weights``: pull nothing before the first version has arrived (a model
         built with random weights must not sample anything, not even version-free work).
         ``occupancy``: told how many requests this worker holds (its node's explorer reads
-        it)."""
+        it). ``executor``: where the torch work runs (the trainer's own worker passes the
+        trainer loop's torch thread, so every step of the process runs on one thread with one
+        hot OpenMP team); None: ``asyncio.to_thread``'s pool."""
         self.scheduler = scheduler
         self.worker_id = worker_id
         self.policy = model
@@ -229,6 +235,7 @@ class RolloutWorker(Actor):
             "batches": 0,
         }
         self._log_fd: int | None = None
+        self._executor = executor
 
     async def on_start(self) -> None:
         if self.settings.step_log is not None:
@@ -397,7 +404,7 @@ class RolloutWorker(Actor):
         if pending is None:
             return
         version, state = pending
-        await asyncio.to_thread(load_tunable_state, self.policy, state)
+        await self._compute(load_tunable_state, self.policy, state)
         log.info("rollout worker %s now at weight version %d", self.worker_id, version)
 
     async def _versions_match(self) -> bool:
@@ -455,7 +462,7 @@ class RolloutWorker(Actor):
             self._log_step("S", held, step)
         t0 = self._clock()
         try:
-            states = await asyncio.to_thread(self._step_batch, running)
+            states = await self._compute(self._step_batch, running)
         except (ValueError, RuntimeError) as exc:
             # One bad request spoils the batch: step them one by one, so only it fails.
             self._inflight = None
@@ -472,6 +479,12 @@ class RolloutWorker(Actor):
         for held in group:
             if held.lease.request.request_id in self._held:
                 await self._finish_or_commit(held)
+
+    async def _compute(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` off the event loop: on ``executor`` when given, else a pool thread."""
+        if self._executor is None:
+            return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _step_batch(self, group: list[_Held]) -> list[TrajectoryState]:
         """One denoising step of ``group`` as one batch, in a worker thread."""
@@ -536,7 +549,7 @@ class RolloutWorker(Actor):
             self._log_step("S", held, self._inflight.step)
             t0 = self._clock()
             try:
-                state = await asyncio.to_thread(self._step, held)
+                state = await self._compute(self._step, held)
             except (ValueError, RuntimeError) as exc:
                 # The request itself is bad (a prompt outside the model's language, a shape
                 # the model refuses): retrying it elsewhere fails the same way, so it

@@ -191,6 +191,52 @@ class SpotTrace:
         ]
         return SpotTrace(events, source=f"{self.source} (x1/{time_scale:g})")
 
+    def capped(
+        self,
+        max_live: int,
+        *,
+        start_s: float = 0.0,
+        end_s: float | None = None,
+        ending_only: bool = False,
+    ) -> SpotTrace:
+        """The lifetimes that fit ``max_live`` nodes at once, within ``[start_s, end_s)``.
+
+        What a machine that can carry only a few node processes replays of a large pool's
+        trace (a real 32- or 64-node trace on 2 cores): lifetimes are taken greedily in order
+        of start; one that would exceed ``max_live`` alive is dropped whole, so every kept
+        node keeps its real add, notice and remove times (shifted by ``start_s``). A lifetime
+        that started before ``start_s`` starts at 0; one still alive at ``end_s`` stays alive
+        (no removal is invented). Node names get a ``.k`` suffix per kept lifetime, so a
+        re-added node is a new process either way. ``ending_only``: skip lifetimes still
+        alive at ``end_s``: in a pool whose oldest nodes outlive the window (GCP's count log
+        removes the newest first) first-fit would otherwise keep those and replay no loss.
+        """
+        if not (isinstance(max_live, int) and max_live >= 1):
+            raise ValueError(f"max_live must be an int >= 1, got {max_live!r}")
+        end = math.inf if end_s is None else end_s
+        if not (math.isfinite(start_s) and start_s >= 0 and end > start_s):
+            raise ValueError(f"need 0 <= start_s < end_s, got {start_s!r}, {end_s!r}")
+        kept: list[tuple[float, str, str]] = []
+        ends: list[float] = []  # removal times of the kept lifetimes (inf: alive at the end)
+        for k, lt in enumerate(self.lifetimes()):
+            stop = math.inf if lt.end_s is None or lt.end_s >= end else lt.end_s
+            if lt.start_s >= end or stop <= start_s or (ending_only and stop == math.inf):
+                continue
+            begin = max(lt.start_s, start_s)
+            ends = [t for t in ends if t > begin]
+            if len(ends) >= max_live:
+                continue
+            ends.append(stop)
+            name = f"{lt.node}.{k}"
+            kept.append((begin - start_s, "add", name))
+            if lt.notice_s is not None and stop != math.inf and lt.notice_s < stop:
+                kept.append((max(lt.notice_s, begin) - start_s, "notice", name))
+            if stop != math.inf:
+                kept.append((stop - start_s, "remove", name))
+        order = {"remove": 0, "add": 1, "notice": 2}  # a slot frees before it is re-taken
+        kept.sort(key=lambda r: (r[0], order[r[1]]))
+        return SpotTrace.from_events(kept, source=f"{self.source} (<= {max_live} live)")
+
     def to_csv(self) -> str:
         """The trace as CSV text (``%.3f`` seconds), loadable by :func:`parse_trace`."""
         lines = [",".join(HEADER)]

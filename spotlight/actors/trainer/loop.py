@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -54,6 +53,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 import numpy as np
 
 from spotlight.actors.exploration.planner import SeedPlan, flatten, random_plan, seeds_for_iteration
+from spotlight.actors.monitor.records import (
+    ExplorationRecord,
+    Record,
+    RolloutsRecord,
+    TrainerRecord,
+    ValidationRecord,
+    ValImagesRecord,
+)
 from spotlight.actors.rollout.pool import spot_share
 from spotlight.actors.trainer.plan_log import (
     PlanLog,
@@ -124,6 +131,10 @@ class TrainerLoopConfig:
     """Ask the planner for explored seeds (False: random seeds, no planner calls)."""
     plan_timeout_s: float = 5.0
     """Deadline of each planner ask; past it the batch falls back to random seeds."""
+    val_images: int = 0
+    """At each validation, save the first N held-out prompts' images (first seed) as one
+    strip, RUN_DIR/validation/iter_K.png, and publish a ``val_images`` record for the
+    experiment trackers; 0 = none."""
     train_prompts: TrainPrompts = "train"
     """Where iteration prompts come from: the training split (every real run), or
     ``validation``, the held-out validation prompts themselves (a diagnostic control, never
@@ -408,9 +419,9 @@ class TrainerLoop:
         self.plans.append(k, plan)
         return plan
 
-    def _publish(self, topic: str, **fields: Any) -> None:
+    def _publish(self, record: Record) -> None:
         if self.metrics is not None:
-            self.metrics.publish(topic, **fields)
+            self.metrics.publish_record(record)
 
     async def _record_iteration(self, seconds: float, rollout_s: float) -> None:
         """Tell the planner the iteration's length and how long its pooled rollouts kept the
@@ -424,7 +435,7 @@ class TrainerLoop:
         except (SpotlightError, TimeoutError) as exc:
             log.warning("planner.record_iteration failed (%r)", exc)
 
-    def _validate(self, iteration: int) -> dict[str, Any]:
+    def _validate(self, iteration: int) -> tuple[dict[str, Any], ValImagesRecord | None]:
         from spotlight.models.flow_grpo import validate
 
         assert self._reward_fn is not None
@@ -436,25 +447,52 @@ class TrainerLoop:
             self._reward_fn,
             self.config.algo.sampler,
             micro_batch=64,
+            keep_images=self.config.val_images,
         )
-        return {
+        rec = {
             "kind": "validation",
             "iteration": iteration,
             "val_score": res.score,
             "val_spread": res.spread,
             "val_s": time.perf_counter() - t0,
         }
+        images = None
+        if res.images_uint8 is not None and len(res.images_uint8):
+            images = self._save_val_images(iteration, res.images_uint8, res.rewards_PS[:, 0])
+        return rec, images
+
+    def _save_val_images(
+        self, iteration: int, images_NHWC: np.ndarray, rewards_P: np.ndarray
+    ) -> ValImagesRecord:
+        """One PNG strip of the images, side by side, and the record that describes it."""
+        from PIL import Image
+
+        rel = f"validation/iter_{iteration:06d}.png"
+        path = self.run_dir / rel
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.concatenate(list(images_NHWC), axis=1)).save(path)
+        n = len(images_NHWC)
+        return ValImagesRecord(
+            iteration=iteration,
+            path=rel,
+            prompts=list(self.val_prompts[:n]),
+            rewards=[float(r) for r in rewards_P[:n]],
+            seeds=[int(self.val_seeds[0])] * n,
+        )
 
     async def _validation(self, iteration: int) -> dict[str, Any]:
-        rec = await self._torch_call(self._validate, iteration)
+        rec, images = await self._torch_call(self._validate, iteration)
         self.trainer_log.write(rec)
         self._publish(
-            "validation",
-            iteration=iteration,
-            score=rec["val_score"],
-            spread=rec["val_spread"],
-            val_s=rec["val_s"],
+            ValidationRecord(
+                iteration=iteration,
+                score=rec["val_score"],
+                spread=rec["val_spread"],
+                val_s=rec["val_s"],
+            )
         )
+        if images is not None:
+            self._publish(images)
         return rec
 
     def _save(self, iteration: int) -> None:
@@ -529,7 +567,11 @@ class TrainerLoop:
         start = self.iteration
         leader = self.is_leader
         if self.rollouts is not None:
-            await self.rollouts.attach(self.policy, lambda: self.weight_version)
+            # The trainer's own rollout worker steps on the trainer's torch thread (when it
+            # has one): all torch work of this process on one thread, one hot OpenMP team.
+            await self.rollouts.attach(
+                self.policy, lambda: self.weight_version, executor=self._torch_thread
+            )
         if leader:
             self.plans = PlanLog(self.run_dir / "plans.jsonl")
             self.trainer_log = RecordLog(
@@ -594,13 +636,14 @@ class TrainerLoop:
                 stats = dataclasses.replace(stats, rollout_s=pooled.seconds)
                 spot_samples, spot_workers = spot_share(pooled.by_worker)
                 self._publish(
-                    "rollouts",
-                    iteration=k + 1,
-                    seconds=pooled.seconds,
-                    samples=len(pooled.states),
-                    spot_samples=spot_samples,
-                    spot_workers=spot_workers,
-                    by_worker=pooled.by_worker,
+                    RolloutsRecord(
+                        iteration=k + 1,
+                        seconds=pooled.seconds,
+                        samples=len(pooled.states),
+                        spot_samples=spot_samples,
+                        spot_workers=spot_workers,
+                        by_worker=dict(pooled.by_worker),
+                    )
                 )
             train_s += time.perf_counter() - t0
             k += 1
@@ -664,31 +707,34 @@ class TrainerLoop:
         }
         self.trainer_log.write(rec)
         self._publish(
-            "trainer",
-            iteration=k,
-            loss=stats.loss.loss,
-            reward_mean=stats.reward.mean,
-            reward_std=stats.reward.std,
-            zero_std_fraction=stats.reward.zero_std_group_frac,
-            grad_norm=stats.grad_norm if math.isfinite(stats.grad_norm) else None,
-            first_ratio_dev=stats.first_ratio_dev,
-            approx_kl=stats.loss.approx_kl,
-            rollout_s=stats.rollout_s,
-            reward_s=stats.reward_s,
-            train_s=stats.train_s,
-            iteration_s=seconds,
-            weight_version=k,
-            world=self.ctx.world,
+            ExplorationRecord(
+                iteration=k,
+                batch_id=plan.batch_id,
+                mode="explored" if self.config.explore else "random",
+                seeds=plan.explored_seeds,
+                fallbacks=plan.fallback_seeds,
+                fallback_prompts=plan.fallback_prompts,
+                budget_s=plan.budget_gpu_s,
+                budget_used_s=plan.used_gpu_s,
+                seeds_total=self._n["explored_seeds"],
+                fallbacks_total=self._n["fallback_seeds"],
+            )
         )
-        self._publish(
-            "exploration",
-            iteration=k,
-            batch_id=plan.batch_id,
-            mode="explored" if self.config.explore else "random",
-            fallbacks=plan.fallback_seeds,
-            fallback_prompts=plan.fallback_prompts,
-            seeds=plan.explored_seeds,
-            budget_s=plan.budget_gpu_s,
-            budget_used_s=plan.used_gpu_s,
-            fallbacks_total=self._n["fallback_seeds"],
+        self._publish(  # non-finite floats arrive as None (metrics.plain)
+            TrainerRecord(
+                iteration=k,
+                loss=stats.loss.loss,
+                reward_mean=stats.reward.mean,
+                reward_std=stats.reward.std,
+                zero_std_fraction=stats.reward.zero_std_group_frac,
+                grad_norm=stats.grad_norm,
+                first_ratio_dev=stats.first_ratio_dev,
+                approx_kl=stats.loss.approx_kl,
+                rollout_s=stats.rollout_s,
+                reward_s=stats.reward_s,
+                train_s=stats.train_s,
+                iteration_s=seconds,
+                weight_version=k,
+                world=self.ctx.world,
+            )
         )
