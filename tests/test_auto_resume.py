@@ -20,6 +20,7 @@ import pytest
 
 from spotlight.cli import main
 from spotlight.commands import run as run_cmd
+from spotlight.commands import run_resume
 from spotlight.commands.run_resume import recover_checkpoint
 from spotlight.config import ConfigError, SystemConfig
 
@@ -45,7 +46,9 @@ def _lay_out(run_dir: Path, cfg: SystemConfig, *, checkpoint: int | None) -> Non
 def test_empty_or_absent_or_fresh_volume_starts_fresh(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "volume" / "lost+found").mkdir(parents=True)  # a fresh volume's root
-    for run_dir in (tmp_path / "absent", tmp_path / "empty", tmp_path / "volume"):
+    (tmp_path / "writing").mkdir()  # rank 0's config.json on its way in, seen by rank 1
+    (tmp_path / "writing" / ".config.json.tmp123").write_text("{")
+    for run_dir in (tmp_path / n for n in ("absent", "empty", "volume", "writing")):
         cfg, got_dir, resume = run_cmd.resolve_config(
             _args("--run-dir", str(run_dir), "--resume", "auto")
         )
@@ -118,7 +121,9 @@ def test_another_runs_directory_or_foreign_files_are_refused_with_what_to_do(
         run_cmd.resolve_config(_args("--resume", "auto"))
 
 
-def test_a_crash_in_the_middle_of_a_checkpoint_save_is_recovered(tmp_path: Path) -> None:
+def test_a_crash_in_the_middle_of_a_checkpoint_save_is_recovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for present, expected in (
         (("checkpoint.partial", "checkpoint.old"), "checkpoint.partial"),
         (("checkpoint.old",), "checkpoint.old"),
@@ -131,6 +136,28 @@ def test_a_crash_in_the_middle_of_a_checkpoint_save_is_recovered(tmp_path: Path)
         state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
         assert state["iteration"] == len(expected)
         assert not recover_checkpoint(run_dir)  # a checkpoint is there: nothing to do
+    # data-parallel ranks recover at once: the rename another rank made first is success
+    raced = tmp_path / "raced"
+    (raced / "checkpoint.old").mkdir(parents=True)
+    (raced / "checkpoint.old" / "state.json").write_text("{}")
+    real_replace = os.replace
+
+    def other_rank_first(src: Path, dst: Path) -> None:
+        real_replace(src, dst)  # the other rank's rename; ours then finds no source
+        raise FileNotFoundError(src)
+
+    def refused(src: Path, dst: Path) -> None:
+        raise PermissionError(src)
+
+    monkeypatch.setattr(run_resume.os, "replace", other_rank_first)
+    assert not recover_checkpoint(raced) and (raced / "checkpoint" / "state.json").is_file()
+    monkeypatch.setattr(run_resume.os, "replace", real_replace)
+    (tmp_path / "gone" / "checkpoint.old").mkdir(parents=True)
+    (tmp_path / "gone" / "checkpoint.old" / "state.json").write_text("{}")
+    monkeypatch.setattr(run_resume.os, "replace", refused)
+    with pytest.raises(PermissionError):  # a real failure is not swallowed
+        recover_checkpoint(tmp_path / "gone")
+    monkeypatch.undo()
     torn = tmp_path / "torn"
     (torn / "checkpoint.partial").mkdir(parents=True)  # written half: no state.json yet
     assert not recover_checkpoint(torn) and not (torn / "checkpoint").exists()

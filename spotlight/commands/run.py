@@ -47,6 +47,7 @@ from spotlight.config import ConfigError, SystemConfig, apply_overrides, load_co
 from spotlight.nodes.ondemand import Controller, Outcome
 from spotlight.nodes.ondemand_rewards import reward_summary
 from spotlight.nodes.ondemand_rollouts import rollout_summary
+from spotlight.nodes.process import write_atomic
 from spotlight.nodes.serving import Serving, add_cluster_arguments, external_pool_view
 from spotlight.nodes.torchrun import record_exit
 
@@ -60,7 +61,7 @@ EPILOG = """\
 configuration: defaults < --config FILE|PRESET (YAML or TOML; presets: tiny-cpu,
 qwen-image-lora-h100) < plain flags < --set section.key=value; `spotlight config show
 [--config ...] [--set ...]` prints the result with every key's doc. Sections: run (iterations, time_budget_s, val_every,
-ckpt_every, seed, run_dir), trainer (seeds: random|explored, base, reward, lr, group_size,
+ckpt_every, seed, run_dir, resume: never|auto), trainer (seeds: random|explored, base, reward, lr, group_size,
 prompts_per_iter, objective: flow_grpo|nft, ...), planner, spot (enabled, pool, fault_mode, trace, time_scale,
 notice_s, gpus_per_node, sp_degree, ondemand_gpus, ...), prices (preset, ondemand_usd_per_gpu_hour,
 spot_usd_per_gpu_hour), rewards (workers: reward worker processes, 0 = in process;
@@ -231,8 +232,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[SystemConfig, Path, bool]:
         run_dir = Path(cfg.run.run_dir)
     elif auto:
         raise ConfigError(
-            "--resume auto needs the run directory to continue or start: give --run-dir DIR "
-            "(or run.run_dir), the same on every attempt"
+            "--resume auto (run.resume=auto) needs the run directory to continue or start: "
+            "give --run-dir DIR (or run.run_dir), the same on every attempt"
         )
     else:
         run_dir = Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
@@ -389,7 +390,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("RANK", "0") == "0":  # DP followers (torchrun ranks > 0) write nothing
-        (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        # atomic: the other ranks of an auto-resumed run read it while they decide
+        write_atomic(run_dir / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
     json_lines = bool(args.json) or not sys.stdout.isatty()
     out = Output(json_lines=json_lines, live=not args.no_live, full_state=args.full_state)
     controller = Controller(

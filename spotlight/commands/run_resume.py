@@ -114,13 +114,22 @@ def recover_checkpoint(run_dir: Path) -> bool:
     ``checkpoint`` -> ``checkpoint.old`` and ``checkpoint.partial`` -> ``checkpoint``. So with
     no ``checkpoint``: a partial that has its ``state.json`` is complete and newest; else
     ``checkpoint.old`` is the last complete one.
+
+    Every data-parallel rank calls this on the shared run directory at once: a rename that
+    another rank already made fails here (the source is gone, or ``checkpoint`` is there and
+    not empty), and that is success too, since ``checkpoint`` is then in place.
     """
     final = run_dir / "checkpoint"
     if final.exists():
         return False
     for candidate in (run_dir / "checkpoint.partial", run_dir / "checkpoint.old"):
         if (candidate / "state.json").is_file():
-            os.replace(candidate, final)
+            try:
+                os.replace(candidate, final)
+            except OSError:
+                if final.exists():  # another rank put one back first
+                    return False
+                raise
             return True
     return False
 
@@ -130,7 +139,12 @@ def _entries(run_dir: Path) -> list[str]:
         return []
     if not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file, not a directory")
-    return sorted(p.name for p in run_dir.iterdir() if p.name not in IGNORED_ENTRIES)
+    return sorted(
+        p.name
+        for p in run_dir.iterdir()
+        # rank 0's config.json on its way in (write_atomic), seen by a rank deciding now
+        if p.name not in IGNORED_ENTRIES and not p.name.startswith(f".{CONFIG_FILE}.tmp")
+    )
 
 
 def stored_config(run_dir: Path) -> SystemConfig:
