@@ -133,6 +133,82 @@ def test_skypilot_loads_every_recipe_and_the_job_group() -> None:
         assert {k: v for k, v in theirs["envs"].items() if k not in extra} == ours["envs"]
 
 
+# Where SkyPilot is absent (CI: its install is large), the recipes are checked against the
+# subset of SkyPilot 0.14's YAML schema they may use; with SkyPilot present the test above
+# loads them for real and the one below checks this subset against SkyPilot's own schema.
+SKY_TASK_KEYS = {"name", "workdir", "num_nodes", "resources", "envs", "secrets", "setup", "run",
+                 "file_mounts", "volumes", "config"}  # fmt: skip
+SKY_RESOURCE_KEYS = {"infra", "accelerators", "use_spot", "disk_size", "disk_tier", "ports",
+                     "any_of", "ordered", "job_recovery", "cpus", "memory", "instance_type",
+                     "network_tier", "labels", "image_id"}  # fmt: skip
+SKY_RECOVERY_KEYS = {"strategy", "max_restarts_on_errors", "recover_on_exit_codes"}
+SKY_RECOVERY_STRATEGIES = {"FAILOVER", "EAGER_NEXT_REGION"}
+SKY_GROUP_KEYS = {"name", "execution", "primary_tasks", "termination_delay"}
+
+
+def _check_sky_resources(where: str, res: dict[str, Any]) -> None:
+    assert set(res) <= SKY_RESOURCE_KEYS, (where, set(res) - SKY_RESOURCE_KEYS)
+    for option in res.get("any_of", []) + res.get("ordered", []):
+        assert set(option) <= SKY_RESOURCE_KEYS - {"any_of", "ordered"}, (where, option)
+        assert re.fullmatch(r"[\w-]+:\d+", str(option.get("accelerators", "x:1"))), option
+    if "accelerators" in res:
+        assert re.fullmatch(r"[\w-]+:\d+", str(res["accelerators"])), (where, res)
+    recovery = res.get("job_recovery")
+    if recovery is not None:
+        assert set(recovery) <= SKY_RECOVERY_KEYS, (where, recovery)
+        assert recovery["strategy"] in SKY_RECOVERY_STRATEGIES, (where, recovery)
+
+
+def test_skypilot_recipes_are_well_formed_and_the_job_group_repeats_the_tasks() -> None:
+    tasks = _sky_tasks()
+    for name, task, _group in tasks:
+        where = f"{name}:{task.get('name')}"
+        assert set(task) <= SKY_TASK_KEYS, (where, set(task) - SKY_TASK_KEYS)
+        _check_sky_resources(where, task["resources"])
+        assert task["secrets"] == {TOKEN_ENV: None}, where  # null: SkyPilot asks at launch
+        assert all(isinstance(v, str) for v in task["envs"].values()), where  # no YAML ints
+        assert task["workdir"] == "." and (REPO / task["setup"].split()[0]).is_file(), where
+        assert (REPO / task["run"].split()[0]).is_file(), where
+        spot = task["resources"]["use_spot"]
+        assert spot == ("any_of" in task["resources"]), where  # spot: any GPU type that fits
+        assert spot == ("job_recovery" in task["resources"]), where
+        if not spot:  # the coordinator's port is open to the spot nodes
+            assert str(task["resources"]["ports"]) == task["envs"]["SPOTLIGHT_PORT"], where
+    (header, *group_tasks) = _docs(SKY / "jobgroup.yaml")
+    assert set(header) <= SKY_GROUP_KEYS and header["execution"] == "parallel"
+    names = [t["name"] for t in group_tasks]
+    assert set(header["primary_tasks"]) <= set(names) and len(set(names)) == len(names)
+    alone = {name: task for name, task, group in tasks if group is None}
+    for task in group_tasks:  # the job group's tasks are the stand-alone ones, but for what
+        kind = "spot.yaml" if task["resources"]["use_spot"] else "ondemand.yaml"
+        theirs = alone[kind]  # the group provides (names, the coordinator's address)
+        for key in ("workdir", "setup", "run", "resources", "secrets"):
+            assert task[key] == theirs[key], (task["name"], key)
+        envs = {k: v for k, v in theirs["envs"].items() if k != "SPOTLIGHT_COORDINATOR"}
+        assert task["envs"] == envs, task["name"]
+    bad = {**alone["spot.yaml"], "resources": {**alone["spot.yaml"]["resources"], "use_sopt": 1}}
+    with pytest.raises(AssertionError, match="use_sopt"):  # a typo is caught
+        _check_sky_resources("bad", bad["resources"])
+
+
+def test_the_structural_checks_are_within_skypilots_own_schema() -> None:
+    python = _sky_python()
+    if python is None:
+        pytest.skip("no skypilot: make sky-venv (or set SPOTLIGHT_SKY_PYTHON)")
+    code = (
+        "import json; from sky.utils import schemas as s; "
+        "print(json.dumps({'task': sorted(s.get_task_schema()['properties']), "
+        "'resources': sorted(s.get_resources_schema()['properties'])}))"
+    )
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    theirs = json.loads(proc.stdout)
+    assert set(theirs["task"]) >= SKY_TASK_KEYS, SKY_TASK_KEYS - set(theirs["task"])
+    assert set(theirs["resources"]) >= SKY_RESOURCE_KEYS, SKY_RESOURCE_KEYS - set(
+        theirs["resources"]
+    )
+
+
 # ------------------------------------------------------------------ commands vs the CLI
 
 
@@ -340,6 +416,18 @@ def test_kubernetes_commands_names_ports_and_grace_periods_match_the_cli(
         assert platform.kill_after_s == 15.0
         assert platform.sigterm_grace_s + _EXIT_MARGIN_S + 2.0 <= platform.kill_after_s
         assert spec["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
+    # the trainer never lands on spot capacity: it avoids every spot label a recipe names
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    avoided = {e["key"]: e for e in term["matchExpressions"]}
+    spot_labels = {**spec["nodeSelector"], "karpenter.sh/capacity-type": "spot",
+                   "eks.amazonaws.com/capacityType": "SPOT"}  # fmt: skip
+    for key, value in spot_labels.items():
+        rule = avoided[key]
+        assert rule["operator"] == "DoesNotExist" or (
+            rule["operator"] == "NotIn" and value in rule["values"]
+        ), rule
     # the same Secret and volumes everywhere
     claims = {d["metadata"]["name"] for d in _docs(K8S / "storage.yaml")}
     for p in (pod, spec):

@@ -9,7 +9,8 @@
 #    own) mounted at SPOTLIGHT_NFS_MOUNT [/mnt/spotlight], where SPOTLIGHT_RUN_DIR should be.
 #    A run directory needs rename and append (atomic checkpoints, ready files, JSON lines),
 #    which bucket mounts do not give: see docs/deploy.md. Without one the run directory is on
-#    this cluster's disk and a recovered (new) cluster starts the run again.
+#    this cluster's disk and a recovered (new) cluster starts the run again. Either way
+#    SPOTLIGHT_RUN_DIR is created and handed to the task's user.
 # 3. SPOTLIGHT_BASE + SPOTLIGHT_BASE_REPO (optional): download the base model (e.g.
 #    Qwen/Qwen-Image into /models/Qwen-Image) unless it is there; every node needs its copy.
 set -euo pipefail
@@ -31,6 +32,10 @@ if [[ "$role" == ondemand && -n "${SPOTLIGHT_NFS:-}" ]]; then
     mountpoint -q "$mount_point" ||
         sudo mount -t nfs -o nfsvers=4.1,hard,timeo=600 "$SPOTLIGHT_NFS" "$mount_point"
     sudo chown "$(id -u):$(id -g)" "$mount_point"
+fi
+if [[ "$role" == ondemand && -n "${SPOTLIGHT_RUN_DIR:-}" ]]; then
+    # the run directory (e.g. under /mnt, which the task's user cannot write) is ours to fill
+    sudo mkdir -p "$SPOTLIGHT_RUN_DIR" && sudo chown "$(id -u):$(id -g)" "$SPOTLIGHT_RUN_DIR"
 fi
 
 if [[ -n "${SPOTLIGHT_BASE:-}" && ! -e "${SPOTLIGHT_BASE}/model_index.json" ]]; then
