@@ -1,7 +1,7 @@
 """Seed exploration with previous-iteration weights: does the ranking carry, does it pay?
 
-Runs a real Flow-GRPO training run on the base (the settings of benchmarks/results/
-learning.json: 8 prompts × 8 seeds, 6 steps, SDE window 0:2, noise 1.0, lr 2e-5), keeps the
+Runs a real RL run on the shipped base (the settings of benchmarks/results/learning.json:
+DiffusionNFT, 16 prompts × 8 seeds, 6 steps, SDE window 0:2, noise 1.0, lr 1e-4), keeps the
 weights θ_v of the iterations it needs, and scores a fixed, kind-stratified set of training
 prompts (every caption kind, so difficulty is mixed) × K seeds under each θ_v with the
 trainer's rollout sampler and with cheaper exploration samplers, through the explorer's own
@@ -62,9 +62,11 @@ from spotlight.models.batches import iteration_prompts, iteration_seeds
 from spotlight.models.dit import DiTPolicy
 from spotlight.models.flow_grpo import FlowGrpoConfig, flow_grpo_iteration
 from spotlight.models.grpo import GrpoConfig
+from spotlight.models.nft import NftConfig
 from spotlight.models.rewards import build_reward
 from spotlight.models.sampler import SamplerConfig
 from spotlight.models.scenes import KINDS, prompt_kind_of, prompt_split
+from spotlight.models.shipped import shipped_base
 from spotlight.runtime import Runtime, RuntimeConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,14 +98,13 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def find_base(explicit: str | None) -> tuple[DiTPolicy, str]:
-    """A finished base checkpoint (never builds one); refuses to run on random weights."""
-    cache = Path(os.environ.get("SPOTLIGHT_CACHE", Path.home() / ".cache" / "spotlight"))
-    candidates = [explicit] if explicit else sorted(str(p) for p in cache.glob("base-tiny-*"))
-    for path in candidates:
-        if (Path(path) / "card.json").is_file():
-            policy, card = load_checkpoint(path)
-            return policy, f"{path} (pretrain steps {card.steps}, loss {card.loss:.3f})"
-    raise SystemExit(f"no finished base checkpoint in {candidates or cache}; build one first")
+    """``--base`` or the base shipped in the package (checked against its card's hashes);
+    never builds one, so the benchmark never runs on random weights."""
+    path = Path(explicit) if explicit else shipped_base()
+    if not (path / "card.json").is_file():
+        raise SystemExit(f"{path}: no card.json, not a finished base checkpoint")
+    policy, card = load_checkpoint(path)
+    return policy, f"{path} (pretrain steps {card.steps}, loss {card.loss:.3f})"
 
 
 def learning_algo(overrides: dict[str, Any]) -> FlowGrpoConfig:
@@ -113,8 +114,9 @@ def learning_algo(overrides: dict[str, Any]) -> FlowGrpoConfig:
     if sampler.get("sde_window") is not None:
         sampler["sde_window"] = tuple(sampler["sde_window"])
     grpo = GrpoConfig(**algo.pop("grpo"))
+    nft = NftConfig(**algo.pop("nft", {}))
     algo.update(overrides)
-    return FlowGrpoConfig(sampler=SamplerConfig(**sampler), grpo=grpo, **algo)
+    return FlowGrpoConfig(sampler=SamplerConfig(**sampler), grpo=grpo, nft=nft, **algo)
 
 
 def train_by_kind() -> dict[str, list[str]]:
@@ -492,6 +494,7 @@ async def actor_run(
                 scheduler=sched,
                 worker_id=f"explorer-{i}",
                 settings=settings,
+                model=policy.config,
                 announce_to=planner,
             )
         explorers: dict[str, Any] = {}
@@ -726,7 +729,7 @@ def larger_k(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
-    ap.add_argument("--base", default=None, help="base checkpoint directory (default: cached)")
+    ap.add_argument("--base", default=None, help="base checkpoint directory (default: shipped)")
     ap.add_argument("--out", default=None, help="result JSON (default: benchmarks/results/)")
     ap.add_argument("--cache", default=None, help="resume directory for weights and scores")
     ap.add_argument("--skip-actors", action="store_true", help="leave out the actor run")

@@ -51,7 +51,7 @@ import torch
 from spotlight.actors.trainer.loop import TRAIN_PROMPTS
 from spotlight.commands.train import RunSettings, train_local
 from spotlight.models import scenes
-from spotlight.models.base_eval import testbed_diagnostics, validation_prompts
+from spotlight.models.base_eval import VAL_SEEDS, testbed_diagnostics, validation_prompts
 from spotlight.models.bases import load_checkpoint
 from spotlight.models.batches import iteration_prompts, iteration_seeds, validation_set
 from spotlight.models.flow_grpo import OBJECTIVES, FlowGrpoConfig
@@ -67,7 +67,7 @@ OBJECTIVE = "nft"
 PROMPTS_PER_ITER = 16
 BUDGET_S = 600.0
 CLIP_RANGE = 1e-2
-SCORE_SEEDS = tuple(range(1_000_000, 1_000_032))
+SCORE_SEEDS = tuple(range(VAL_SEEDS[0], VAL_SEEDS[0] + 32))
 """Seeds of the before/after score: base_eval.VAL_SEEDS (the first 8) extended to 32, so the
 half-width over seeds (t with 31 d.o.f.) resolves a gain of 0.1 with room to spare."""
 

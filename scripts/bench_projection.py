@@ -85,7 +85,8 @@ def _ablations(shaped: Any, preset: Any, assume: Assumptions, iters: Any) -> dic
 def run(quick: bool, out: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     assume = Assumptions(starts=2 if quick else 8)
-    iters = IterationsToTarget.from_selection_json(REPO / "benchmarks/results/selection.json")
+    selection = "benchmarks/results/selection.json"
+    iters = replace(IterationsToTarget.from_selection_json(REPO / selection), source=selection)
     results: dict[str, Any] = {}
     goal: dict[str, Any] = {}
     sens: dict[str, Any] = {"selection_speedup": {}, "heatmaps": {}}

@@ -110,6 +110,7 @@ def run_arm(
     reference = copy.deepcopy(policy).requires_grad_(False) if args.kl_beta > 0 else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     reward = build_reward(args.reward)
+    train_reward = train_reward_for(args)
     train = by_kind(scenes.prompt_split()[0])
     curve: list[tuple[int, float, int]] = []
     samples = 0
@@ -123,14 +124,14 @@ def run_arm(
     t0 = time.perf_counter()
     for k in range(args.iterations):
         prompts = iteration_prompts(train, rl_seed, k, args.prompts)
-        seeds, explored = arm_seeds(arm, rl_seed, k, prompts, explorer, reward, args, cfg)
+        seeds, explored = arm_seeds(arm, rl_seed, k, prompts, explorer, train_reward, args, cfg)
         before = copy.deepcopy(policy.state_dict())
         stats_k, _ = flow_grpo_iteration(
             policy,
             optimizer,
             [p for p in prompts for _ in range(args.group)],
             seeds,
-            reward,
+            train_reward,
             cfg,
             shuffle_seed=k,
             ref_policy=reference,
@@ -232,10 +233,18 @@ def summarize(runs: list[dict], base_score: float) -> dict[str, Any]:
     }
 
 
+def train_reward_for(args: argparse.Namespace) -> Any:
+    """The reward the policy is trained and explored on: ``--reward``, or with
+    ``--strict-reward`` its all-or-nothing form (validation always scores ``--reward``)."""
+    if args.strict_reward:
+        return build_reward(args.reward, all_or_nothing=True)
+    return build_reward(args.reward)
+
+
 def alignment_at(policy: DiTPolicy, label: str, args, repeats: int) -> dict[str, Any]:
     """Cosines of 128-sample selected/random updates with a 4,096-sample reference."""
     cfg = algo_config(args)
-    reward = build_reward(args.reward)
+    reward = train_reward_for(args)
     prompts = iteration_prompts(by_kind(scenes.prompt_split()[0]), 99, 0, 16)
     per_prompt = 256
     ref_seeds = iteration_seeds(77, 0, 16 * per_prompt)
@@ -284,6 +293,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--adv-norm", default="global", choices=("group", "global", "none"))
     ap.add_argument("--reward", default="checks")
+    ap.add_argument(
+        "--strict-reward",
+        action="store_true",
+        help="train and explore on the all-or-nothing checks reward (validation stays the mean)",
+    )
     ap.add_argument("--align-repeats", type=int, default=6)
     ap.add_argument("--val-per-kind", type=int, default=12)
     ap.add_argument("--val-seeds", type=int, default=8)
@@ -310,7 +324,10 @@ def cache_dir(args: argparse.Namespace, base: str) -> Path:
     killed benchmark resumes with the runs it already has (``--cache``)."""
     keep = ("iterations", "val_every", "prompts", "group", "candidates", "lr", "objective")
     keep += ("kl_beta", "adv_norm", "reward", "val_per_kind", "val_seeds")
-    key = json.dumps({k: getattr(args, k) for k in keep} | {"base": base}, sort_keys=True)
+    fields = {k: getattr(args, k) for k in keep} | {"base": base}
+    if args.strict_reward:  # only when set, so caches of earlier runs keep their keys
+        fields["strict_reward"] = True
+    key = json.dumps(fields, sort_keys=True)
     return args.cache / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -60,7 +60,7 @@ def test_show_prints_a_config_that_loads_back_to_the_same_tree(
     # every key is there under its doc, with its default and a mark when it differs
     for row in describe(expected):
         assert f"\n  {row.key.split('.')[1]}: " in text, row.key
-    assert "  # float; default 2.0e-05  (changed)\n  lr: 3.0e-05\n" in text
+    assert "  # float; default 0.0001  (changed)\n  lr: 3.0e-05\n" in text
     assert "# Seeds per prompt (the planner's group size too)." in text
     assert text.startswith("# spotlight run configuration, resolved from: defaults < --config")
 

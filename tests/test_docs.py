@@ -94,7 +94,7 @@ def test_the_readme_headline_numbers_are_the_jsons() -> None:
     assert f"{learn['base_val_score']:.3f} → {learn['final_val_score']:.3f}" in row
     auc = _json("selection.json")["auc_gain"]
     lo, hi = auc["paired_diff_ci95"]
-    row = rows["seed selection, paired, 5 seeds per arm (Flow-GRPO, before NFT)"]
+    row = rows["seed selection, paired, 5 seeds per arm (NFT, 40 iterations)"]
     assert f"+{auc['paired_diff_mean']:.3f} [{lo:.3f}, +{hi:.3f}]".replace("-", "−") in row
     pre = _json("preemption.json")["steps_recomputed_per_preemption"]
     row = rows["steps recomputed per preemption"]

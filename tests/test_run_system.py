@@ -26,7 +26,9 @@ def test_shipped_default_config_loads_and_matches_the_built_in_defaults() -> Non
     cfg = load_config(REPO / "configs" / "default.yaml")
     assert cfg == SystemConfig()
     assert cfg.spot.trace_path().is_file()
-    assert cfg.trainer.algo().batch_size == 64
+    algo = cfg.trainer.algo()
+    assert algo.batch_size == 128 and algo.objective == "nft"
+    assert algo.batch_size == 2 * algo.chunks_per_update * algo.micro_batch  # two steps
     # the default pool plays the 1 h trace in about the run's time budget (7 minutes)
     assert cfg.run.time_budget_s is not None
     assert 0.8 <= (3600 / cfg.spot.time_scale) / cfg.run.time_budget_s <= 1.25

@@ -77,8 +77,9 @@ class TrainerSection:
     """A prompt file (UTF-8, one prompt per line, ``#`` comments; a seeded tenth is held out
     for validation); None = the procedural scene captions. ``reward: ocr`` needs one whose
     every prompt quotes the text to render (``a sign that says "OPEN"``)."""
-    prompts_per_iter: int = 8
-    """Prompts (groups) per iteration."""
+    prompts_per_iter: int = 16
+    """Prompts (groups) per iteration (16 x 8 = 128 samples: the batch size under which the
+    tiny testbed learns steadily, benchmarks/results/learning_pilots.json)."""
     group_size: int = 8
     """Seeds per prompt (the planner's group size too)."""
     num_steps: int = 6
@@ -89,8 +90,8 @@ class TrainerSection:
     """'start:stop' denoising steps that are SDE (trained) steps, or 'all'."""
     shift: float = 1.0
     """Sigma schedule shift."""
-    lr: float = 2e-5
-    """AdamW learning rate."""
+    lr: float = 1e-4
+    """AdamW learning rate (1e-4: NFT on the tiny testbed, learning.json; 3e-4 diverged)."""
     clip_range: float = 1e-2
     """GRPO ratio clip range."""
     adv_norm: str = "global"
@@ -98,8 +99,9 @@ class TrainerSection:
     (÷ each prompt's std, GRPO) or none (Dr. GRPO); see models/grpo.py."""
     kl_beta: float = 0.0
     """KL weight towards the base (0: no reference model)."""
-    objective: str = "flow_grpo"
-    """Gradient estimator: flow_grpo (clipped SDE-step ratio) or nft (DiffusionNFT)."""
+    objective: str = "nft"
+    """Gradient estimator: nft (DiffusionNFT; the tiny testbed's default, the one it learns
+    under: learning.json) or flow_grpo (clipped SDE-step ratio; learning_pilots.json)."""
     nft_beta: float = 1.0
     """DiffusionNFT's β (objective: nft only)."""
     inner_epochs: int = 1
@@ -107,8 +109,10 @@ class TrainerSection:
     micro_batch: int = 32
     """Samples per forward pass (rollout and training alike)."""
     chunks_per_update: int = 2
-    """Micro-batches per optimizer step: 2 × 32 = the whole 64-sample batch in one step,
-    which data parallelism over several ranks requires (models/data_parallel.py)."""
+    """Micro-batches per optimizer step: 2 × 32 = 64 samples, two steps per 128-sample
+    iteration (the setting learning.json measured). Data parallelism over several ranks makes
+    one step over the global batch and refuses fewer chunks (models/data_parallel.py): set
+    4 there (4 × 32 = 128)."""
     val_per_kind: int = 4
     """Held-out validation prompts per caption kind."""
     val_seeds: int = 4

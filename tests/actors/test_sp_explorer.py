@@ -19,6 +19,7 @@ import pytest
 
 from spotlight.actors.cluster.coordinator import Coordinator
 from spotlight.actors.exploration.backends import ExploreSettings, ThreadBackend
+from spotlight.actors.exploration.explorer import ExplorerStats
 from spotlight.actors.exploration.sp_backend import GROUP_ACTOR, NodeSPConfig, SPBackend
 from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
 from spotlight.actors.scheduling.work import SampleRequest
@@ -162,7 +163,8 @@ async def _sp_node(
     await _ready(ready)
     address = ready.read_text()
     explorer, group = c.rt.ref(address, "explorer"), c.rt.ref(address, GROUP_ACTOR)
-    st = await explorer.statistics.ask()
+    st = await explorer.statistics.ask()  # decoding it needs ExplorerStats registered here
+    assert isinstance(st, ExplorerStats)
     pids = list(st.sampling["member_pids"])
     procs.extend(pids)
     assert len(pids) == 2 and st.sampling["backend"] == "sp"

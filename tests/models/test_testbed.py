@@ -234,3 +234,14 @@ def test_gradient_probe_leaves_weights_and_reads_a_gradient():
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
     assert grads[0].abs().sum() > 0
     assert pairwise_cosines(grads[:2]) == pytest.approx([1.0], abs=1e-4)  # float32 dot products
+
+
+def test_all_or_nothing_reward_is_one_only_when_every_check_passes():
+    mean = build_reward("checks")
+    strict = build_reward("checks", all_or_nothing=True)
+    prompt = "a red circle left of a blue square"
+    right = _render(prompt, 0)
+    images = np.stack([right, right])
+    prompts = [prompt, "a red circle right of a blue square"]  # the second fails one of 4
+    assert mean(images, prompts).tolist() == [1.0, 0.75]
+    assert strict(images, prompts).tolist() == [1.0, 0.0]

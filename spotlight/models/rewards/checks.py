@@ -39,6 +39,10 @@ class ChecksConfig:
     """Offset along the relation axis, as a fraction of the image side, that counts as a side."""
     min_cos: float = 0.5
     """Cosine of the angle to the relation axis (0.5: a 60° cone, GenEval's)."""
+    all_or_nothing: bool = False
+    """Reward 1 only when every check passes, else 0 (GenEval's own strict accuracy as the
+    reward). Binary, so a group of G samples is flat far more often than under the mean of
+    the checks: the regime in which seed selection has flat groups to remove."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.margin < 1.0:
@@ -113,12 +117,13 @@ class GenEvalChecks:
         return True
 
     def __call__(self, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        """Mean of the checks, float32 [B] in [0, 1], for uint8 B×H×W×3 images."""
+        """Mean of the checks (or all-or-nothing), float32 [B] in [0, 1], for uint8 B×H×W×3."""
         check_batch(images, prompts)
         specs = [parse_prompt(p) for p in prompts]  # fail on a bad prompt before any work
         size = float(max(images.shape[1:3]))
         out = np.empty(len(specs), dtype=np.float32)
         for i, spec in enumerate(specs):
             dets = self._detector.detect(images[i])
-            out[i] = self.check_detections(dets, spec, size=size).score
+            result = self.check_detections(dets, spec, size=size)
+            out[i] = float(result.strict) if self.config.all_or_nothing else result.score
         return out

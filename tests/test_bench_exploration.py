@@ -1,0 +1,37 @@
+"""scripts/bench_exploration.py --quick on the shipped base: the issue's keys, real values."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = {
+    "seed_rank_spearman_lag1",
+    "selected_std_over_random_std",
+    "bandit_vs_uniform_variance_gain",
+    "trainer_wait_s_due_to_exploration",
+    "zero_std_frac_random",
+    "zero_std_frac_selected",
+}
+
+
+def test_quick_bench_runs_on_the_shipped_base(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_exploration", REPO / "scripts/bench_exploration.py"
+    )
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "exploration.json"
+    bench.main(["--quick", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    data = json.loads(out.read_text())
+    assert set(data) >= KEYS
+    assert "base-tiny-latent" in data["base"]
+    assert -1.0 <= data["seed_rank_spearman_lag1"] <= 1.0
+    assert math.isfinite(data["selected_std_over_random_std"])
+    # the actor run took real seeds from the planner (its explorers loaded the trainer's weights)
+    assert max(data["explored_seeds_per_batch"]) > 0 and data["skipped_results"] == 0
+    assert data["trainer_wait_s_due_to_exploration"] >= 0.0
