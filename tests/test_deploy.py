@@ -178,6 +178,9 @@ def test_skypilot_recipes_are_well_formed_and_the_job_group_repeats_the_tasks() 
     assert set(header) <= SKY_GROUP_KEYS and header["execution"] == "parallel"
     names = [t["name"] for t in group_tasks]
     assert set(header["primary_tasks"]) <= set(names) and len(set(names)) == len(names)
+    for name in (header["name"], *names):  # what SkyPilot's job-group loader accepts
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", name), name
+    assert re.fullmatch(r"\d+[smhdw]?", str(header["termination_delay"]))
     alone = {name: task for name, task, group in tasks if group is None}
     for task in group_tasks:  # the job group's tasks are the stand-alone ones, but for what
         kind = "spot.yaml" if task["resources"]["use_spot"] else "ondemand.yaml"

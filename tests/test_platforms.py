@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from spotlight.nodes.notice_args import add_notice_arguments, notice_setup
+from spotlight.nodes.notice_args import (
+    add_notice_arguments,
+    check_notice_arguments,
+    notice_setup,
+)
 from spotlight.runtime.notice import (
     PLATFORMS,
     AwsSpotNotice,
@@ -65,6 +69,12 @@ def test_a_node_builds_its_platforms_sources_and_the_overrides_win() -> None:
     assert lead == 3.0
     with pytest.raises(ValueError, match="--notice-lead needs --platform"):
         notice_setup(_args("--notice-lead", "9"))
+    # the node's main checks them before it starts anything
+    with pytest.raises(SystemExit, match="--notice-grace must be >= 0 seconds, got -1"):
+        check_notice_arguments(_args("--platform", "gke", "--notice-grace", "-1"))
+    with pytest.raises(SystemExit, match="spot node: --notice-lead needs --platform"):
+        check_notice_arguments(_args("--notice-lead", "9"))
+    check_notice_arguments(_args("--platform", "aws"))
     with pytest.raises(ValueError, match="unknown platform 'gce'; valid: generic, gke"):
         notice_config("gce")
 

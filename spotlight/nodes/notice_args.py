@@ -14,7 +14,7 @@ import argparse
 
 from spotlight.runtime.notice import PLATFORMS, NoticeSource, notice_config
 
-__all__ = ["NoticeSetup", "add_notice_arguments", "notice_setup"]
+__all__ = ["NoticeSetup", "add_notice_arguments", "check_notice_arguments", "notice_setup"]
 
 NoticeSetup = tuple[list[NoticeSource], float]
 """The sources to watch and the lead assumed for a notice without a deadline."""
@@ -62,3 +62,15 @@ def notice_setup(args: argparse.Namespace) -> NoticeSetup | None:
         args.platform or "generic", grace_s=args.notice_grace, lead_s=args.notice_lead
     )
     return config.build(), config.grace_s
+
+
+def check_notice_arguments(args: argparse.Namespace) -> None:
+    """SystemExit naming the bad flag, before the node starts anything."""
+    for name in ("notice_grace", "notice_lead"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 seconds, got {value}")
+    try:
+        notice_setup(args)
+    except ValueError as exc:
+        raise SystemExit(f"spot node: {exc}") from None

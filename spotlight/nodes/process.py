@@ -12,7 +12,9 @@ import argparse
 import os
 from pathlib import Path
 
-__all__ = ["add_join_arguments", "write_atomic"]
+from spotlight.runtime.config import TOKEN_ENV
+
+__all__ = ["add_join_arguments", "unreachable_message", "write_atomic"]
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -39,3 +41,14 @@ def add_join_arguments(parser: argparse.ArgumentParser, *, peer: str) -> None:
         help=f"after losing the {peer}, try to re-join this long, then exit",
     )
     parser.add_argument("--log-level", default="WARNING")
+
+
+def unreachable_message(address: str, within_s: float, exc: BaseException) -> str:
+    """What to check when the coordinator never answered (the usual causes, in order)."""
+    return (
+        f"the coordinator at {address} did not answer register_node within {within_s:g} s "
+        f"(last error: {exc!r}). Check that `spotlight run` is up and serving there (it prints "
+        "its address in its start event; --listen 0.0.0.0:PORT to serve beyond loopback), "
+        "that the port is open between the machines (a Kubernetes Service, SkyPilot ports:), "
+        f"and that ${TOKEN_ENV} is the coordinator's"
+    )

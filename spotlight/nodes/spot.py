@@ -73,8 +73,8 @@ from spotlight.actors.scheduling.preemption import PreemptionHandler, Preemption
 from spotlight.actors.scheduling.work import DrainReport, sampler_from_dict
 from spotlight.actors.weights.node_base import NodeBase, NodeBaseStats
 from spotlight.actors.weights.policy_spec import PolicySpec
-from spotlight.nodes.notice_args import add_notice_arguments, notice_setup
-from spotlight.nodes.process import add_join_arguments, write_atomic
+from spotlight.nodes.notice_args import add_notice_arguments, check_notice_arguments, notice_setup
+from spotlight.nodes.process import add_join_arguments, unreachable_message, write_atomic
 from spotlight.runtime import Actor, ActorRef, Runtime, RuntimeConfig, endpoint
 from spotlight.runtime.config import TOKEN_ENV
 from spotlight.runtime.errors import SpotlightError
@@ -156,17 +156,6 @@ def merge_drain_reports(node_id: str, reports: list[DrainReport]) -> DrainReport
         finished_inflight=all(r.finished_inflight for r in reports),
         abandoned_steps=sum(r.abandoned_steps for r in reports),
         seconds=max(r.seconds for r in reports),
-    )
-
-
-def unreachable_message(address: str, within_s: float, exc: BaseException) -> str:
-    """What to check when the coordinator never answered (the usual causes, in order)."""
-    return (
-        f"the coordinator at {address} did not answer register_node within {within_s:g} s "
-        f"(last error: {exc!r}). Check that `spotlight run` is up and serving there (it prints "
-        "its address in its start event; --listen 0.0.0.0:PORT to serve beyond loopback), "
-        "that the port is open between the machines (a Kubernetes Service, SkyPilot ports:), "
-        f"and that ${TOKEN_ENV} is the coordinator's"
     )
 
 
@@ -453,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    for name in ("notice_grace", "notice_lead", "register_timeout_s", "coordinator_lost_s"):
+    for name in ("register_timeout_s", "coordinator_lost_s"):
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 seconds, got {value}")
@@ -463,10 +452,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0 seconds, got {value}")
     if args.gpus < 0:
         raise SystemExit(f"--gpus must be >= 0, got {args.gpus}")
-    try:
-        notice_setup(args)  # checked before anything starts
-    except ValueError as exc:
-        raise SystemExit(f"spot node: {exc}") from None
+    check_notice_arguments(args)
     if args.sp_degree < 1:
         raise SystemExit(f"--sp-degree must be >= 1, got {args.sp_degree}")
     if args.sp_degree > max(args.gpus, 1):
