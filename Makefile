@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-# CI adds `deploy` (kubernetes-validate for tests/test_deploy.py: a ~10 MB wheel of schemas).
+# CI adds `deploy` (kubernetes-validate for tests/test_deploy.py: a 22 MB wheel of schemas).
 EXTRAS ?= dev,ocr,lora,tracking
 
 .PHONY: install run test test-all lint bench clean sky-venv
