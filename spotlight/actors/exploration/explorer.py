@@ -186,13 +186,7 @@ class ExplorerActor(PullWorker):
         super().__init__(
             scheduler=scheduler,
             worker_id=worker_id,
-            knobs=PullKnobs(
-                pull_batch=settings.pull_batch,
-                idle_pull_s=settings.idle_pull_s,
-                heartbeat_s=settings.heartbeat_s,
-                call_timeout_s=settings.call_timeout_s,
-                drain_margin_s=settings.drain_margin_s,
-            ),
+            knobs=PullKnobs.read(settings, drain_margin_s=settings.drain_margin_s),
             label="explorer",
             inbox=inbox,
         )

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -68,6 +68,30 @@ class PullKnobs:
     """Deadline of every ask to the scheduler."""
     drain_margin_s: float
     """On a notice, time kept free before the deadline for the release and the exit."""
+
+    @classmethod
+    def read(cls, settings: _PullSettings, *, drain_margin_s: float) -> PullKnobs:
+        """The knobs of ``settings`` (which names them alike), with its drain margin."""
+        return cls(
+            pull_batch=settings.pull_batch,
+            idle_pull_s=settings.idle_pull_s,
+            heartbeat_s=settings.heartbeat_s,
+            call_timeout_s=settings.call_timeout_s,
+            drain_margin_s=drain_margin_s,
+        )
+
+
+class _PullSettings(Protocol):
+    """What :meth:`PullKnobs.read` takes: ExploreSettings, SchedulingConfig."""
+
+    @property
+    def pull_batch(self) -> int: ...
+    @property
+    def idle_pull_s(self) -> float: ...
+    @property
+    def heartbeat_s(self) -> float: ...
+    @property
+    def call_timeout_s(self) -> float: ...
 
 
 class PullWorker(Actor):

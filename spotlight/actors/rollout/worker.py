@@ -211,13 +211,7 @@ class RolloutWorker(PullWorker):
         super().__init__(
             scheduler=scheduler,
             worker_id=worker_id,
-            knobs=PullKnobs(
-                pull_batch=timing.pull_batch,
-                idle_pull_s=timing.idle_pull_s,
-                heartbeat_s=timing.heartbeat_s,
-                call_timeout_s=timing.call_timeout_s,
-                drain_margin_s=timing.preemption_margin_s,
-            ),
+            knobs=PullKnobs.read(timing, drain_margin_s=timing.preemption_margin_s),
             label="rollout worker",
         )
         self.policy = model
