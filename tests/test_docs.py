@@ -96,6 +96,12 @@ def test_the_readme_headline_numbers_are_the_jsons() -> None:
     lo, hi = auc["paired_diff_ci95"]
     row = rows["seed selection, paired, 5 seeds per arm (NFT, 40 iterations)"]
     assert f"+{auc['paired_diff_mean']:.3f} [{lo:.3f}, +{hi:.3f}]".replace("-", "−") in row
+    auc = _json("selection_strict.json")["auc_gain"]
+    lo, hi = auc["paired_diff_ci95"]
+    row = rows["the same, trained on the strict (all-or-nothing) reward"]
+    assert f"+{auc['paired_diff_mean']:.3f} [{lo:.3f}, +{hi:.3f}]".replace("-", "−") in row
+    wins = sum(s > r for s, r in zip(auc["selected"], auc["random"], strict=True))
+    assert f"{wins} of {len(auc['random'])} pairs" in row
     pre = _json("preemption.json")["steps_recomputed_per_preemption"]
     row = rows["steps recomputed per preemption"]
     assert f"{pre['notice_0s']['ours']['median']:g} with none" in row

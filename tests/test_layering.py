@@ -23,10 +23,11 @@ ACTOR_ROLES: dict[str, set[str]] = {
     "weights": set(),
     "monitor": set(),
     "spot": set(),
-    "rollout": {"scheduling", "weights"},
+    "pull": {"scheduling", "weights"},
+    "rollout": {"pull", "scheduling", "weights"},
     "sp": {"weights"},
     "rewards": {"monitor"},
-    "exploration": {"scheduling", "weights", "sp", "monitor"},
+    "exploration": {"pull", "scheduling", "weights", "sp", "monitor"},
     "trainer": {"exploration", "rollout", "weights", "monitor"},
     "cluster": {"spot", "scheduling", "weights", "monitor"},
 }

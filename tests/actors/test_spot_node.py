@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from spotlight.actors.cluster.coordinator import Coordinator, CoordinatorStats
+from spotlight.actors.exploration.explorer import ExploreResult
 from spotlight.actors.scheduling.scheduler import SchedulerActor, SchedulingConfig
 from spotlight.actors.scheduling.work import SampleRequest
 from spotlight.actors.spot.prices import Prices
@@ -120,6 +121,8 @@ def test_spot_nodes_join_explore_and_leave_on_notice_or_silently(tmp_path: Path)
             # Weights reach the nodes in chunks; exploration requests come back explored.
             results = await _explore(sched, "e", 8, tries=600)
             assert results is not None and {r.version for r in results} == {1}
+            # the scheduler here decodes the nodes' results: ExploreResult registered above
+            assert all(isinstance(r, ExploreResult) for r in results)
             assert {r.worker_id for r in results} <= {"sA", "sB"}
 
             # SIGTERM: a notice with GRACE_S of lead; node_left arrives, exit 0 in time.

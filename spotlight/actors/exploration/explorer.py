@@ -19,6 +19,10 @@ a worker thread of this process at SP degree 1 (``ThreadBackend``), the node's e
 group at degree > 1 (``sp_explore.SPBackend``); weights reach it through ``backend.load``
 between batches. A batch the backend loses (``SamplingFailed``) hands its leases back.
 
+The weight endpoints, ``drain`` and the lifecycle of the two tasks are those of
+:class:`~spotlight.actors.pull.worker.PullWorker` (shared with the rollout worker); this module
+supplies the loop, the heartbeat and the drain hooks.
+
 * ``weight_chunk`` (what :class:`~spotlight.actors.weights.publish.WeightPublisher` sends, one
   ``tell`` per chunk) feeds a ``WeightInbox``; a version is offered to the slot once all its
   chunks are in. Chunks of a version not newer than the one held are dropped unassembled.
@@ -59,15 +63,12 @@ and are re-leased (exploration results are idempotent by (prompt, seed, version)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from spotlight.actors.exploration.backends import (
     BackendFactory,
@@ -76,17 +77,16 @@ from spotlight.actors.exploration.backends import (
     SamplingFailed,
     ThreadBackend,
 )
+from spotlight.actors.pull.worker import SCHEDULER_ERRORS, PullKnobs, PullWorker
 from spotlight.actors.scheduling.work import DrainReport, Lease
 from spotlight.actors.weights.node_base import NodeBase
 from spotlight.actors.weights.policy_spec import PolicySpec
 from spotlight.actors.weights.publish import WeightInbox
-from spotlight.actors.weights.share import WeightManifest
-from spotlight.actors.weights.slot import WeightReceiver, WeightSlot, weights_fit
+from spotlight.actors.weights.slot import WeightSlot, weights_fit
 from spotlight.models.dit import DiTConfig, DiTPolicy
 from spotlight.models.rewards import build_reward
-from spotlight.runtime import Actor, ActorRef, endpoint
+from spotlight.runtime import ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
-from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
 
 __all__ = [
     "DrainReport",
@@ -99,7 +99,7 @@ __all__ = [
 
 log = logging.getLogger("spotlight.actors.exploration.explorer")
 
-_RETRYABLE = (PeerLost, Timeout, ActorStopped, TimeoutError, RemoteError)
+_RETRYABLE = SCHEDULER_ERRORS
 
 
 @register_wire_type(name="spotlight.ExploreResult")
@@ -155,7 +155,7 @@ class ExplorerStats:
     epoch, degree, members and re-forms (see ``sp_explore.SPBackend.statistics``)."""
 
 
-class ExplorerActor(Actor):
+class ExplorerActor(PullWorker):
     """Pulls explore requests, samples them with the newest weights it holds; see the map."""
 
     def __init__(
@@ -182,8 +182,14 @@ class ExplorerActor(Actor):
         the trainer's requests); a batch already sampling finishes. ``base``: the node's
         frozen base (a spot node's explorer and rollout worker share one; its spec must be
         ``model``); None builds a policy of its own."""
-        self.scheduler = scheduler
-        self.worker_id = worker_id
+        settings = settings or ExploreSettings()
+        super().__init__(
+            scheduler=scheduler,
+            worker_id=worker_id,
+            knobs=PullKnobs.read(settings, drain_margin_s=settings.drain_margin_s),
+            label="explorer",
+            inbox=inbox,
+        )
         self.spec = model if isinstance(model, PolicySpec) else PolicySpec.from_answer(model)
         if base is not None and base.spec != self.spec:
             raise ValueError(
@@ -192,18 +198,14 @@ class ExplorerActor(Actor):
             )
         self._base = base
         self.model = self.spec.config
-        self.settings = settings or ExploreSettings()
+        self.settings = settings
         self.announce_to = announce_to
-        self.weights = WeightReceiver(f"explorer {worker_id}", inbox)
-        self.slot = self.weights.slot
         self.policy: DiTPolicy | None = None
         self._reward: Any = None
         self._backend_factory: BackendFactory = backend or ThreadBackend
         self._pause_while = pause_while
         self.backend: SamplingBackend | None = None
-        self._wake = asyncio.Event()
         self._holding: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
         self._sps: float | None = None
         self._n = {
             "explored": 0,
@@ -213,10 +215,8 @@ class ExplorerActor(Actor):
             "failed_batches": 0,
             "paused": 0,
         }
-        self._draining = False
         self._inflight: tuple[float, int, int] | None = None
         """(perf_counter at start, seeds, num_steps) of the batch being sampled."""
-        self._drain_report: DrainReport | None = None
 
     async def on_start(self) -> None:
         if self._base is not None:  # weights (or adapters): load_weights
@@ -224,114 +224,16 @@ class ExplorerActor(Actor):
         else:
             self.policy = await asyncio.to_thread(self.spec.build)
         self._reward = build_reward(self.settings.reward)
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._loop(), name=f"explorer {self.worker_id}"),
-            loop.create_task(self._heartbeat(), name=f"explorer heartbeat {self.worker_id}"),
-        ]
-        for task in self._tasks:
-            task.add_done_callback(self._task_done)
+        self._start_tasks()
         if self.announce_to is not None:
             await self.announce_to.register_explorer.tell(self.ref, self.worker_id)
 
     async def on_stop(self) -> None:
-        for task in self._tasks:
-            if not task.done():
-                task.cancel("explorer stopping")
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._stop_tasks()
         if self.backend is not None:
             await self.backend.stop()
 
     # ------------------------------------------------------------------ endpoints
-
-    @endpoint
-    async def load_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> bool:
-        """Offer weights ``version`` (use ``tell``): stored at once, applied between batches.
-
-        Returns whether it was kept (False: not newer than what this explorer has).
-        ValueError (naming both shapes) when the tensors do not fit this explorer's model.
-        """
-        assert self.policy is not None  # built in on_start, before any endpoint runs
-        kept = self.weights.offer(self.policy, version, state_dict)
-        if kept:
-            self._wake.set()
-        return kept
-
-    @endpoint
-    async def weight_chunk(
-        self, version: int, manifest: WeightManifest, offset: int, chunk: torch.Tensor
-    ) -> None:
-        """One chunk of weights ``version`` (the publisher ``tell``s one per chunk).
-
-        Chunks may repeat or come out of order; a version is offered to the slot when its
-        last chunk is in (:class:`WeightReceiver`).
-        """
-        assert self.policy is not None  # built in on_start, before any endpoint runs
-        if self.weights.offer_chunk(self.policy, version, manifest, offset, chunk):
-            self._wake.set()
-
-    @endpoint
-    async def drain(self, deadline: float) -> DrainReport:
-        """Stop pulling; finish the batch being sampled only if it fits before ``deadline``
-        (``time.time()``) minus ``drain_margin_s``, else abandon it; release every lease.
-
-        Idempotent: a second call returns the first report.
-        """
-        if self._drain_report is not None:
-            return self._drain_report
-        started = time.time()
-        self._draining = True
-        self._wake.set()
-        margin = self.settings.drain_margin_s
-        budget = deadline - time.time() - margin
-        finished = False
-        abandoned = 0
-        loop_task = self._tasks[0] if self._tasks else None
-        if loop_task is not None and not loop_task.done():
-            inflight = self._inflight
-            fits = budget > 0
-            if inflight is not None:
-                t0, seeds, _steps = inflight
-                est = self._sps * seeds if self._sps is not None else math.inf
-                fits = est - (time.perf_counter() - t0) <= budget
-            if fits:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(loop_task), max(0.0, budget))
-                    finished = inflight is not None
-            if not loop_task.done():
-                inflight = self._inflight
-                if inflight is not None:
-                    abandoned = inflight[1] * inflight[2]
-                loop_task.cancel("drained: the running batch does not fit before the deadline")
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop_task
-        for task in self._tasks[1:]:
-            task.cancel("drained")
-        if self.backend is not None:  # SP members stand by; bounded by the deadline
-            try:
-                await asyncio.wait_for(
-                    self.backend.stop(), max(0.1, deadline - time.time() - margin)
-                )
-            except TimeoutError:
-                log.warning("explorer %s: sampling backend did not stop in time", self.worker_id)
-        timeout = max(0.1, deadline - time.time() - margin / 2)
-        try:
-            released = await self.scheduler.release.ask(self.worker_id, None, timeout=timeout)
-        except _RETRYABLE as exc:
-            log.warning("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
-            released = -1
-        self._holding = set()
-        self._drain_report = DrainReport(
-            worker_id=self.worker_id,
-            released=released,
-            snapshots={},
-            finished_inflight=finished,
-            abandoned_steps=abandoned,
-            seconds=time.time() - started,
-        )
-        log.warning("explorer %s drained: %s", self.worker_id, self._drain_report)
-        return self._drain_report
 
     @endpoint
     async def statistics(self) -> ExplorerStats:
@@ -359,14 +261,32 @@ class ExplorerActor(Actor):
 
     # ------------------------------------------------------------------ internals
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("explorer task %s failed", task.get_name(), exc_info=task.exception())
+    def _weights_policy(self) -> DiTPolicy:
+        assert self.policy is not None  # built in on_start, before any endpoint runs
+        return self.policy
 
-    async def _wait_wake(self, wait_s: float) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), wait_s)
+    def _inflight_remaining_s(self) -> float | None:
+        if self._inflight is None:
+            return None
+        t0, seeds, _steps = self._inflight
+        est = self._sps * seeds if self._sps is not None else math.inf
+        return est - (time.perf_counter() - t0)
+
+    def _inflight_steps(self) -> int:
+        return 0 if self._inflight is None else self._inflight[1] * self._inflight[2]
+
+    def _forget_held(self) -> None:
+        self._holding = set()
+
+    async def _after_loop_stopped(self, deadline: float) -> None:
+        """SP members stand by before the release; bounded by the deadline."""
+        if self.backend is None:
+            return
+        timeout = max(0.1, deadline - time.time() - self.knobs.drain_margin_s)
+        try:
+            await asyncio.wait_for(self.backend.stop(), timeout)
+        except TimeoutError:
+            log.warning("explorer %s: sampling backend did not stop in time", self.worker_id)
 
     async def _apply_newest(self) -> None:
         pending = self.slot.take()
@@ -383,16 +303,16 @@ class ExplorerActor(Actor):
         self.backend = self._backend_factory(self.policy, self._reward)
         while not self._draining:
             if self.slot.newest is None:
-                await self._wait_wake(self.settings.idle_pull_s * 10)
+                await self._wait_wake(self.knobs.idle_pull_s * 10)
                 continue
             await self._apply_newest()
             if self._pause_while is not None and self._pause_while():
                 self._n["paused"] += 1
-                await self._wait_wake(self.settings.idle_pull_s)
+                await self._wait_wake(self.knobs.idle_pull_s)
                 continue
             try:
                 leases: list[Lease] = await self.scheduler.pull.ask(
-                    self.worker_id, self.settings.pull_batch, timeout=self.settings.call_timeout_s
+                    self.worker_id, self.knobs.pull_batch, timeout=self.knobs.call_timeout_s
                 )
             except _RETRYABLE as exc:
                 log.info("pull by %s failed (%r); retrying", self.worker_id, exc)
@@ -400,7 +320,7 @@ class ExplorerActor(Actor):
             if self._draining:  # a notice came during the pull: drain releases these leases
                 return
             if not leases:
-                await self._wait_wake(self.settings.idle_pull_s)
+                await self._wait_wake(self.knobs.idle_pull_s)
                 continue
             self._holding = {lease.request.request_id for lease in leases}
             try:
@@ -451,7 +371,7 @@ class ExplorerActor(Actor):
         """Hand every held lease back so another worker takes the seeds at once."""
         try:
             await self.scheduler.release.ask(
-                self.worker_id, None, timeout=self.settings.call_timeout_s
+                self.worker_id, None, timeout=self.knobs.call_timeout_s
             )
         except _RETRYABLE as exc:
             log.info("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
@@ -472,7 +392,7 @@ class ExplorerActor(Actor):
         self._n["skipped" if skipped else "explored"] += 1
         try:
             accepted = await self.scheduler.complete.ask(
-                request.request_id, lease.token, result, timeout=self.settings.call_timeout_s
+                request.request_id, lease.token, result, timeout=self.knobs.call_timeout_s
             )
         except _RETRYABLE as exc:
             log.info("complete of %s failed (%r); the lease will expire", request.request_id, exc)
@@ -482,10 +402,10 @@ class ExplorerActor(Actor):
 
     async def _heartbeat(self) -> None:
         while not self._draining:
-            await asyncio.sleep(self.settings.heartbeat_s)  # a timer, not synchronisation
+            await asyncio.sleep(self.knobs.heartbeat_s)  # a timer, not synchronisation
             if not self._holding:
                 continue
             try:
-                await self.scheduler.renew.ask(self.worker_id, timeout=self.settings.call_timeout_s)
+                await self.scheduler.renew.ask(self.worker_id, timeout=self.knobs.call_timeout_s)
             except _RETRYABLE as exc:
                 log.info("renew by %s failed (%r)", self.worker_id, exc)

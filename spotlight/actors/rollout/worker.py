@@ -7,6 +7,10 @@ Map (one actor; two tasks it owns, both cancelled in ``on_stop``)::
     preemption handler ──drain(deadline)──► endpoint: stop pulling, park or abandon, release
     publisher ──weight_chunk / load_weights──► WeightSlot (applied while holding nothing)
 
+The endpoints ``drain``, ``load_weights`` and ``weight_chunk`` and the lifecycle of the two
+tasks are those of :class:`~spotlight.actors.pull.worker.PullWorker` (shared with the
+explorer); this module supplies the loop, the heartbeat and the drain hooks.
+
 * ``_loop`` waits on: a ``pull`` ask when it holds nothing (empty answer: waits
   ``idle_pull_s`` or until woken by ``drain`` or new weights); one denoising step in a
   worker thread (never on the event loop); a ``commit`` every ``commit_interval`` steps and
@@ -38,7 +42,6 @@ Shutdown: ``drain`` (preemption) or ``on_stop``; ``drain`` keeps renewing until 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -49,10 +52,9 @@ from typing import Any, TypeVar
 
 import torch
 
+from spotlight.actors.pull.worker import PullKnobs, PullWorker
 from spotlight.actors.scheduling.scheduler import SchedulingConfig
-from spotlight.actors.scheduling.work import DrainReport, Lease, Snapshot
-from spotlight.actors.weights.share import WeightManifest
-from spotlight.actors.weights.slot import WeightReceiver
+from spotlight.actors.scheduling.work import Lease, Snapshot
 from spotlight.models.dit import DiTPolicy, TextEmbedding
 from spotlight.models.lora import load_tunable_state
 from spotlight.models.sampler import (
@@ -62,7 +64,7 @@ from spotlight.models.sampler import (
     concat_states,
     split_state,
 )
-from spotlight.runtime import Actor, ActorRef, endpoint
+from spotlight.runtime import ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
 from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
 
@@ -179,7 +181,7 @@ class _Inflight:
     """Requests advancing in this step (a batch with ``batch_held``)."""
 
 
-class RolloutWorker(Actor):
+class RolloutWorker(PullWorker):
     """Pulls requests from ``scheduler`` and samples them with ``policy``; see the map."""
 
     def __init__(
@@ -206,8 +208,12 @@ class RolloutWorker(Actor):
         it). ``executor``: where the torch work runs (the trainer's own worker passes the
         trainer loop's torch thread, so every step of the process runs on one thread with one
         hot OpenMP team); None: ``asyncio.to_thread``'s pool."""
-        self.scheduler = scheduler
-        self.worker_id = worker_id
+        super().__init__(
+            scheduler=scheduler,
+            worker_id=worker_id,
+            knobs=PullKnobs.read(timing, drain_margin_s=timing.preemption_margin_s),
+            label="rollout worker",
+        )
         self.policy = model
         self.timing = timing
         self.settings = settings or RolloutSettings()
@@ -216,15 +222,8 @@ class RolloutWorker(Actor):
         self._wait_for_weights = wait_for_weights
         if occupancy is not None:
             occupancy.bind(lambda: len(self._held))
-        self.weights = WeightReceiver(f"rollout worker {worker_id}")
-        self.slot = self.weights.slot
         self._held: dict[str, _Held] = {}
         self._inflight: _Inflight | None = None
-        self._draining = False
-        self._wake = asyncio.Event()
-        self._parked = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
-        self._hb_task: asyncio.Task[None] | None = None
         self._step_ema: float | None = None
         self._n = {
             "steps_run": 0,
@@ -240,17 +239,10 @@ class RolloutWorker(Actor):
     async def on_start(self) -> None:
         if self.settings.step_log is not None:
             self._log_fd = os.open(self.settings.step_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        loop = asyncio.get_running_loop()
-        self._loop_task = loop.create_task(self._loop(), name=f"rollout {self.worker_id}")
-        self._loop_task.add_done_callback(self._loop_ended)
-        self._hb_task = loop.create_task(self._heartbeat(), name=f"heartbeat {self.worker_id}")
+        self._start_tasks()
 
     async def on_stop(self) -> None:
-        for task in (self._loop_task, self._hb_task):
-            if task is not None and not task.done():
-                task.cancel("rollout worker stopping")
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._stop_tasks()
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
@@ -280,85 +272,27 @@ class RolloutWorker(Actor):
     def weight_version(self) -> int | None:
         return self._version_fn() if self._version_fn is not None else self.slot.current
 
-    @endpoint
-    async def load_weights(self, version: int, state_dict: dict[str, torch.Tensor]) -> bool:
-        """Offer weights ``version`` (use ``tell``); applied once no request is held.
+    # ------------------------------------------------------------------ PullWorker hooks
 
-        Returns whether it was kept (False: not newer than what this worker has). ValueError
-        (naming both shapes) when the tensors do not fit this worker's model.
-        """
-        kept = self.weights.offer(self.policy, version, state_dict)
-        if kept:
-            self._wake.set()
-        return kept
+    def _weights_policy(self) -> DiTPolicy:
+        return self.policy
 
-    @endpoint
-    async def weight_chunk(
-        self, version: int, manifest: WeightManifest, offset: int, chunk: torch.Tensor
-    ) -> None:
-        """One chunk of weights ``version`` from the publisher (:class:`WeightReceiver`)."""
-        if self.weights.offer_chunk(self.policy, version, manifest, offset, chunk):
-            self._wake.set()
+    def _inflight_remaining_s(self) -> float | None:
+        if self._inflight is None:
+            return None
+        est = self._step_ema if self._step_ema is not None else float("inf")
+        return est - (self._clock() - self._inflight.started)
 
-    @endpoint
-    async def drain(self, deadline: float) -> DrainReport:
-        """Stop pulling; finish the running step if it fits before ``deadline``
-        (``time.time()``), else give it up; release every lease with its latest boundary.
+    def _inflight_steps(self) -> int:
+        return 0 if self._inflight is None else self._inflight.samples
 
-        The estimate is the running step's remaining time from the measured average step
-        time; ``preemption_margin_s`` is kept free for the release and the exit.
-        """
-        started = time.time()
-        self._draining = True
-        self._wake.set()
-        margin = self.timing.preemption_margin_s
-        budget = deadline - time.time() - margin
-        finished = False
-        abandoned = 0
-        inflight = self._inflight
-        task = self._loop_task
-        if task is not None and not task.done():
-            fits = budget > 0
-            if inflight is not None:
-                est = self._step_ema if self._step_ema is not None else float("inf")
-                remaining = max(0.0, est - (self._clock() - inflight.started))
-                fits = remaining <= budget
-            if fits:
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._parked.wait()), budget)
-                    finished = inflight is not None
-                except TimeoutError:
-                    pass
-            if not task.done():
-                abandoned = self._inflight.samples if self._inflight is not None else 0
-                task.cancel("preempted: the running step does not fit before the deadline")
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        snapshots = self._snapshots()
-        timeout = max(0.1, deadline - time.time() - margin / 2)
-        try:
-            released = await self.scheduler.release.ask(self.worker_id, snapshots, timeout=timeout)
-        except (*_RETRYABLE, RemoteError) as exc:
-            log.warning("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
-            released = -1
+    def _release_snapshots(self) -> dict[str, Snapshot]:
+        return self._snapshots()
+
+    def _forget_held(self) -> None:
         self._held.clear()
-        if self._hb_task is not None:
-            self._hb_task.cancel("drained")
-        return DrainReport(
-            worker_id=self.worker_id,
-            released=released,
-            snapshots={rid: s.step for rid, s in snapshots.items()},
-            finished_inflight=finished,
-            abandoned_steps=abandoned,
-            seconds=time.time() - started,
-        )
 
     # ------------------------------------------------------------------ loops
-
-    def _loop_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            # A bug, not a bad request: say so loudly; the leases expire and resume elsewhere.
-            log.critical("rollout loop of %s crashed", self.worker_id, exc_info=task.exception())
 
     def _snapshots(self) -> dict[str, Snapshot]:
         """The progress of every held request past its last commit (what a release keeps)."""
@@ -369,33 +303,28 @@ class RolloutWorker(Actor):
         }
 
     async def _loop(self) -> None:
-        try:
-            while not self._draining:
-                if not self._held:
-                    await self._apply_newest()
-                    if self._wait_for_weights and self.weight_version is None:
-                        self._wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), self.timing.idle_pull_s * 10)
-                        continue
-                    await self._pull()
+        while not self._draining:
+            if not self._held:
+                await self._apply_newest()
+                if self._wait_for_weights and self.weight_version is None:
+                    await self._wait_wake(self.knobs.idle_pull_s * 10)
                     continue
-                if not await self._versions_match():
-                    continue
-                if self.settings.batch_held:
-                    for group in self._step_groups():
-                        if self._draining:
-                            break
-                        await self._advance_batch(group)
-                    continue
-                for rid in list(self._held):
+                await self._pull()
+                continue
+            if not await self._versions_match():
+                continue
+            if self.settings.batch_held:
+                for group in self._step_groups():
                     if self._draining:
                         break
-                    held = self._held.get(rid)
-                    if held is not None:
-                        await self._advance_one(held)
-        finally:
-            self._parked.set()
+                    await self._advance_batch(group)
+                continue
+            for rid in list(self._held):
+                if self._draining:
+                    break
+                held = self._held.get(rid)
+                if held is not None:
+                    await self._advance_one(held)
 
     async def _apply_newest(self) -> None:
         """Load the newest published weights; only called while no request is held, so a
@@ -429,14 +358,12 @@ class RolloutWorker(Actor):
         )
         try:
             await self.scheduler.release.ask(
-                self.worker_id, self._snapshots(), timeout=self.timing.call_timeout_s
+                self.worker_id, self._snapshots(), timeout=self.knobs.call_timeout_s
             )
         except (*_RETRYABLE, RemoteError) as exc:
             log.info("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
         self._held.clear()
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.timing.idle_pull_s)
+        await self._wait_wake(self.knobs.idle_pull_s)
         return False
 
     def _step_groups(self) -> list[list[_Held]]:
@@ -521,9 +448,9 @@ class RolloutWorker(Actor):
         try:
             leases = await self.scheduler.pull.ask(
                 self.worker_id,
-                self.timing.pull_batch,
+                self.knobs.pull_batch,
                 self.weight_version,
-                timeout=self.timing.call_timeout_s,
+                timeout=self.knobs.call_timeout_s,
             )
         except _RETRYABLE as exc:
             log.info("pull by %s failed (%r); retrying", self.worker_id, exc)
@@ -535,9 +462,7 @@ class RolloutWorker(Actor):
                 held.committed_step = lease.resume_from.step
             self._held[lease.request.request_id] = held
         if not leases and not self._draining:
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.timing.idle_pull_s)
+            await self._wait_wake(self.knobs.idle_pull_s)
 
     async def _advance_one(self, held: _Held) -> None:
         request = held.lease.request
@@ -615,7 +540,7 @@ class RolloutWorker(Actor):
         caller = self.scheduler.commit if what == "commit" else self.scheduler.complete
         while True:
             try:
-                accepted = await caller.ask(rid, token, payload, timeout=self.timing.call_timeout_s)
+                accepted = await caller.ask(rid, token, payload, timeout=self.knobs.call_timeout_s)
                 break
             except RemoteError as exc:
                 # The scheduler refused the call itself (a bug on one side): stop working on
@@ -625,9 +550,7 @@ class RolloutWorker(Actor):
                 return
             except _RETRYABLE as exc:
                 log.info("%s of %s failed (%r); retrying", what, rid, exc)
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.timing.idle_pull_s)
+                await self._wait_wake(self.knobs.idle_pull_s)
                 if self._draining:
                     return  # drain releases with the latest boundary instead
         if not accepted:
@@ -644,7 +567,7 @@ class RolloutWorker(Actor):
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self.timing.heartbeat_s)  # the renew period (a timer)
+            await asyncio.sleep(self.knobs.heartbeat_s)  # the renew period (a timer)
             held_before = {
                 rid: (0 if h.state is None else h.state.step) for rid, h in self._held.items()
             }
@@ -652,7 +575,7 @@ class RolloutWorker(Actor):
                 continue
             try:
                 count = await self.scheduler.renew.ask(
-                    self.worker_id, held_before, timeout=self.timing.call_timeout_s
+                    self.worker_id, held_before, timeout=self.knobs.call_timeout_s
                 )
             except (*_RETRYABLE, RemoteError) as exc:
                 log.info("renew by %s failed (%r)", self.worker_id, exc)
