@@ -33,6 +33,7 @@ def _write_run(
     run_dir = root / mode
     run_dir.mkdir(parents=True)
     sets = [f"spot.trace={trace}", "spot.time_scale=6", "spot.notice_s=0", "trainer.num_steps=6"]
+    sets += ["trainer.prompts_per_iter=8", "trainer.group_size=8"]  # 64 samples, not defaults
     if mode == "ondemand":
         sets.append("spot.enabled=false")
     cfg = apply_overrides(SystemConfig(), sets)
