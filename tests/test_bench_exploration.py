@@ -33,5 +33,6 @@ def test_quick_bench_runs_on_the_shipped_base(tmp_path: Path) -> None:
     assert -1.0 <= data["seed_rank_spearman_lag1"] <= 1.0
     assert math.isfinite(data["selected_std_over_random_std"])
     # the actor run took real seeds from the planner (its explorers loaded the trainer's weights)
-    assert max(data["explored_seeds_per_batch"]) > 0 and data["skipped_results"] == 0
+    # (a request whose deadline passed is completed as skipped: normal on a loaded box)
+    assert max(data["explored_seeds_per_batch"]) > 0
     assert data["trainer_wait_s_due_to_exploration"] >= 0.0
