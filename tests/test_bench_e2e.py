@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,18 +11,14 @@ from typing import Any
 import pytest
 
 from spotlight.config import SystemConfig, apply_overrides
+from tests.script_module import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 OD_PRICE, SPOT_PRICE = 12.29, 3.32  # the aws-p5 preset (spotlight/actors/spot/prices.py)
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_e2e", REPO / "scripts" / "bench_e2e.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_e2e"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_e2e")
 
 
 def _write_run(

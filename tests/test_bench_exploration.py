@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
+
+from tests.script_module import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {
@@ -19,12 +20,7 @@ KEYS = {
 
 
 def test_quick_bench_runs_on_the_shipped_base(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "bench_exploration", REPO / "scripts/bench_exploration.py"
-    )
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_exploration")
     out = tmp_path / "exploration.json"
     bench.main(["--quick", "--out", str(out), "--cache", str(tmp_path / "cache")])
     data = json.loads(out.read_text())

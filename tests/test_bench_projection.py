@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from tests.script_module import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {
@@ -19,12 +20,7 @@ STRATEGIES = {"ondemand", "ondemand_same_gpus", "restart", "spotlight_no_explore
 
 
 def test_quick_bench_writes_exactly_the_issue_keys(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "bench_projection", REPO / "scripts/bench_projection.py"
-    )
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_projection")
     out = tmp_path / "projection.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0
     data = json.loads(out.read_text())

@@ -3,7 +3,6 @@ the no-CUDA exit; and (slow) the same checks run end to end at toy sizes on the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,17 +12,14 @@ from types import ModuleType
 
 import pytest
 
+from tests.script_module import load_script
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _gpu_check() -> ModuleType:
     sys.path[:0] = [str(REPO / "scripts")]
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = mod  # gpu_check_runs imports it by this name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("gpu_check")  # gpu_check_runs imports it by this name
 
 
 gc = _gpu_check()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,18 +11,15 @@ from typing import Any
 
 import pytest
 
+from tests.script_module import load_script
+
 REPO = Path(__file__).resolve().parent.parent
 REAL = ("aws_p3_32node_bamboo.csv", "gcp_a100x1_us-east1-b_bamboo.csv")
 SYNTHETIC = ("steady_1h.csv", "bursty_1h.csv")
 
 
 def _soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("soak", REPO / "scripts" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("soak")
 
 
 def _run_dir(tmp: Path, history: list[int], rollouts: list[tuple[int, int]]) -> Path:
