@@ -99,8 +99,6 @@ __all__ = [
 
 log = logging.getLogger("spotlight.actors.exploration.explorer")
 
-_RETRYABLE = SCHEDULER_ERRORS
-
 
 @register_wire_type(name="spotlight.ExploreResult")
 @dataclass(frozen=True, kw_only=True)
@@ -314,7 +312,7 @@ class ExplorerActor(PullWorker):
                 leases: list[Lease] = await self.scheduler.pull.ask(
                     self.worker_id, self.knobs.pull_batch, timeout=self.knobs.call_timeout_s
                 )
-            except _RETRYABLE as exc:
+            except SCHEDULER_ERRORS as exc:
                 log.info("pull by %s failed (%r); retrying", self.worker_id, exc)
                 leases = []
             if self._draining:  # a notice came during the pull: drain releases these leases
@@ -373,7 +371,7 @@ class ExplorerActor(PullWorker):
             await self.scheduler.release.ask(
                 self.worker_id, None, timeout=self.knobs.call_timeout_s
             )
-        except _RETRYABLE as exc:
+        except SCHEDULER_ERRORS as exc:
             log.info("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
 
     async def _complete(
@@ -394,7 +392,7 @@ class ExplorerActor(PullWorker):
             accepted = await self.scheduler.complete.ask(
                 request.request_id, lease.token, result, timeout=self.knobs.call_timeout_s
             )
-        except _RETRYABLE as exc:
+        except SCHEDULER_ERRORS as exc:
             log.info("complete of %s failed (%r); the lease will expire", request.request_id, exc)
             return
         if not accepted:
@@ -407,5 +405,5 @@ class ExplorerActor(PullWorker):
                 continue
             try:
                 await self.scheduler.renew.ask(self.worker_id, timeout=self.knobs.call_timeout_s)
-            except _RETRYABLE as exc:
+            except SCHEDULER_ERRORS as exc:
                 log.info("renew by %s failed (%r)", self.worker_id, exc)

@@ -43,11 +43,14 @@ from spotlight.models.dit import DiTPolicy
 from spotlight.runtime import Actor, ActorRef, endpoint
 from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
 
-__all__ = ["SCHEDULER_ERRORS", "PullKnobs", "PullWorker"]
+__all__ = ["PEER_ERRORS", "SCHEDULER_ERRORS", "PullKnobs", "PullWorker"]
 
 log = logging.getLogger("spotlight.actors.pull.worker")
 
-SCHEDULER_ERRORS = (PeerLost, Timeout, ActorStopped, TimeoutError, RemoteError)
+PEER_ERRORS = (PeerLost, Timeout, ActorStopped, TimeoutError)
+"""A scheduler that is gone or slow (not one that answered with an error): asked again later."""
+
+SCHEDULER_ERRORS = (*PEER_ERRORS, RemoteError)
 """What an ask to the scheduler may fail with and a pull worker survives: it retries, or the
 leases expire in the scheduler and resume elsewhere."""
 

@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from spotlight.actors.pull.worker import PullKnobs, PullWorker
+from spotlight.actors.pull.worker import PEER_ERRORS, SCHEDULER_ERRORS, PullKnobs, PullWorker
 from spotlight.actors.scheduling.scheduler import SchedulingConfig
 from spotlight.actors.scheduling.work import Lease, Snapshot
 from spotlight.models.dit import DiTPolicy, TextEmbedding
@@ -66,15 +66,13 @@ from spotlight.models.sampler import (
 )
 from spotlight.runtime import ActorRef, endpoint
 from spotlight.runtime.codec import register_wire_type
-from spotlight.runtime.errors import ActorStopped, PeerLost, RemoteError, Timeout
+from spotlight.runtime.errors import RemoteError
 
 _T = TypeVar("_T")
 
 __all__ = ["Occupancy", "RolloutSettings", "RolloutWorker", "WorkerStats"]
 
 log = logging.getLogger("spotlight.actors.rollout.worker")
-
-_RETRYABLE = (PeerLost, Timeout, ActorStopped, TimeoutError)
 
 
 @register_wire_type(name="spotlight.RolloutSettings")
@@ -360,7 +358,7 @@ class RolloutWorker(PullWorker):
             await self.scheduler.release.ask(
                 self.worker_id, self._snapshots(), timeout=self.knobs.call_timeout_s
             )
-        except (*_RETRYABLE, RemoteError) as exc:
+        except SCHEDULER_ERRORS as exc:
             log.info("release by %s failed (%r): lease expiry takes over", self.worker_id, exc)
         self._held.clear()
         await self._wait_wake(self.knobs.idle_pull_s)
@@ -452,7 +450,7 @@ class RolloutWorker(PullWorker):
                 self.weight_version,
                 timeout=self.knobs.call_timeout_s,
             )
-        except _RETRYABLE as exc:
+        except PEER_ERRORS as exc:
             log.info("pull by %s failed (%r); retrying", self.worker_id, exc)
             leases = []
         for lease in leases:
@@ -548,7 +546,7 @@ class RolloutWorker(PullWorker):
                 log.error("%s of %s raised at the scheduler: %s; dropped", what, rid, exc)
                 self._held.pop(rid, None)
                 return
-            except _RETRYABLE as exc:
+            except PEER_ERRORS as exc:
                 log.info("%s of %s failed (%r); retrying", what, rid, exc)
                 await self._wait_wake(self.knobs.idle_pull_s)
                 if self._draining:
@@ -577,7 +575,7 @@ class RolloutWorker(PullWorker):
                 count = await self.scheduler.renew.ask(
                     self.worker_id, held_before, timeout=self.knobs.call_timeout_s
                 )
-            except (*_RETRYABLE, RemoteError) as exc:
+            except SCHEDULER_ERRORS as exc:
                 log.info("renew by %s failed (%r)", self.worker_id, exc)
                 continue
             if count == 0 and not self._draining:
